@@ -1,0 +1,140 @@
+"""One self-describing model file of plain data and tensors.
+
+The file is a dict of str/int/float/bool/None, lists, dicts and tensors, written with
+``torch.save`` and read with ``torch.load(..., weights_only=True)``, so loading a
+model file from a stranger cannot execute code. Writes are atomic: a temporary file
+in the same folder is written, fsynced and renamed over the target.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "versions", "atomic_write"]
+
+FORMAT_NAME = "molvae-model"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries a model depends on."""
+    import rdkit
+    import selfies
+
+    from . import __version__
+
+    return {
+        "molvae": __version__,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "rdkit": str(rdkit.__version__),
+        "selfies": str(selfies.__version__),
+    }
+
+
+def atomic_write(path: str | os.PathLike, write_fn) -> None:
+    """Call ``write_fn(file_object)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def plain(obj: Any, where: str = "payload") -> Any:
+    """``obj`` reduced to what ``torch.load(weights_only=True)`` accepts: builtins, containers and tensors.
+
+    NumPy scalars and arrays become Python numbers and tensors; anything else is a bug
+    and raises ``TypeError`` here rather than producing a file that cannot be loaded.
+    """
+    import numpy as np
+
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, dict):
+        return {k if isinstance(k, (str, int)) else str(k): plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return tuple(out) if isinstance(obj, tuple) else out
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{where}: {type(obj).__name__} cannot be stored in a weights-only model file")
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Atomically write ``payload`` (plain data and tensors) with format name and version added."""
+    data = plain({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "versions": versions(), **payload})
+    atomic_write(path, lambda f: torch.save(data, f))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a model file safely and check its format.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file; a file holding pickled
+            code (refused without running it); another format; a newer format version.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; expected a model file (model.pt)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: model file is empty")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "weights_only" in str(exc) or "global" in str(exc).lower():
+            raise CheckpointError(
+                f"{path}: refused: the file contains pickled Python objects, not only data and tensors; "
+                "molvae model files never do, so it was not loaded") from None
+        raise CheckpointError(f"{path}: corrupt model file ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: truncated or corrupt model file ({msg[:200]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a molvae model file (expected format {FORMAT_NAME!r})")
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: model file has no format version")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: model file format {version} is newer than this molvae reads ({FORMAT_VERSION}); "
+            "upgrade molvae")
+    for key in ("model_config", "vocab", "state_dict"):
+        if key not in data:
+            raise CheckpointError(f"{path}: model file lacks {key!r}")
+    return data

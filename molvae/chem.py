@@ -1,0 +1,329 @@
+"""The one door to RDKit and selfies.
+
+Per-molecule helpers return ``None`` on failure instead of raising (datamol's
+``to_mol`` convention); batch code turns the ``None`` into a rejected row with a
+reason. RDKit's logging is silenced only inside :func:`quiet_rdkit`, which
+restores it on exit; nothing here changes global state at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import selfies as sf
+from rdkit import Chem, DataStructs
+from rdkit.Chem import Descriptors, QED, rdFingerprintGenerator, rdMolDescriptors
+from rdkit.Chem.MolStandardize import rdMolStandardize
+from rdkit.rdBase import BlockLogs
+
+__all__ = [
+    "quiet_rdkit",
+    "to_mol",
+    "canonicalize",
+    "largest_fragment",
+    "to_selfies",
+    "to_smiles",
+    "split_selfies",
+    "ProcessedMolecule",
+    "process_smiles",
+    "selfies_to_canonical",
+    "qed",
+    "logp",
+    "sa_score",
+    "penalized_logp",
+    "molecular_weight",
+    "heavy_atoms",
+    "largest_ring_size",
+    "PROPERTY_FUNCTIONS",
+    "compute_properties",
+    "morgan_fingerprint",
+    "morgan_fingerprints",
+    "fingerprint_matrix",
+    "tanimoto",
+]
+
+
+@contextlib.contextmanager
+def quiet_rdkit() -> Iterator[None]:
+    """Silence RDKit's warnings and errors inside the block, then restore them."""
+    blocker = BlockLogs()
+    try:
+        yield
+    finally:
+        del blocker
+
+
+def to_mol(smiles: str | None) -> Chem.Mol | None:
+    """Parse a SMILES string; ``None`` when it is empty or RDKit rejects it."""
+    if not isinstance(smiles, str):
+        return None
+    smiles = smiles.strip()
+    if not smiles:
+        return None
+    with quiet_rdkit():
+        try:
+            return Chem.MolFromSmiles(smiles)
+        except Exception:  # RDKit raises on a few malformed inputs instead of returning None
+            return None
+
+
+_fragment_chooser = None
+
+
+def largest_fragment(mol: Chem.Mol) -> Chem.Mol:
+    """Keep the largest organic fragment (drops counter-ions, salts and solvents)."""
+    global _fragment_chooser
+    if len(Chem.GetMolFrags(mol)) <= 1:
+        return mol
+    if _fragment_chooser is None:
+        _fragment_chooser = rdMolStandardize.LargestFragmentChooser(preferOrganic=True)
+    with quiet_rdkit():
+        return _fragment_chooser.choose(mol)
+
+
+def canonicalize(smiles: str | None, *, keep_largest_fragment: bool = False,
+                 isomeric: bool = True) -> str | None:
+    """Canonical SMILES of ``smiles``, or ``None`` when it does not parse."""
+    mol = to_mol(smiles)
+    if mol is None:
+        return None
+    if keep_largest_fragment:
+        mol = largest_fragment(mol)
+    with quiet_rdkit():
+        try:
+            out = Chem.MolToSmiles(mol, isomericSmiles=isomeric)
+        except Exception:
+            return None
+    return out or None
+
+
+def to_selfies(smiles: str | None) -> str | None:
+    """SELFIES of a SMILES string, or ``None`` when selfies cannot encode it."""
+    if not smiles:
+        return None
+    try:
+        return sf.encoder(smiles, strict=True)
+    except Exception:  # selfies.EncoderError and the occasional parser error
+        return None
+
+
+def to_smiles(selfies: str | None) -> str | None:
+    """SMILES decoded from a SELFIES string, or ``None`` on failure or empty output."""
+    if selfies is None:
+        return None
+    try:
+        out = sf.decoder(selfies)
+    except Exception:
+        return None
+    return out or None
+
+
+def split_selfies(selfies: str) -> list[str]:
+    """Tokens of a SELFIES string (``[C][=O]`` -> ``['[C]', '[=O]']``)."""
+    return list(sf.split_selfies(selfies))
+
+
+@dataclass(frozen=True)
+class ProcessedMolecule:
+    """One input molecule after cleaning: canonical SMILES, SELFIES and tokens."""
+
+    smiles: str
+    selfies: str
+    tokens: tuple[str, ...]
+
+
+def process_smiles(smiles: str | None, *, keep_largest_fragment: bool = True
+                   ) -> ProcessedMolecule | str:
+    """Clean one SMILES for training.
+
+    Returns:
+        A :class:`ProcessedMolecule`, or a string giving the reason it was rejected.
+    """
+    if not isinstance(smiles, str) or not smiles.strip():
+        return "empty SMILES"
+    mol = to_mol(smiles)
+    if mol is None:
+        return "RDKit could not parse the SMILES"
+    if mol.GetNumAtoms() == 0:
+        return "molecule has no atoms"
+    if keep_largest_fragment:
+        mol = largest_fragment(mol)
+    elif len(Chem.GetMolFrags(mol)) > 1:
+        return "several fragments (use --largest-fragment to keep the largest)"
+    with quiet_rdkit():
+        try:
+            canonical = Chem.MolToSmiles(mol)
+        except Exception:
+            canonical = ""
+    if not canonical:
+        return "RDKit could not write canonical SMILES"
+    selfies = to_selfies(canonical)
+    if selfies is None:
+        return "SELFIES could not encode the molecule (valence outside SELFIES constraints)"
+    tokens = tuple(split_selfies(selfies))
+    if not tokens:
+        return "SELFIES encoding is empty"
+    return ProcessedMolecule(canonical, selfies, tokens)
+
+
+def selfies_to_canonical(selfies: str | None) -> str | None:
+    """Decode SELFIES and return RDKit-canonical SMILES (``None`` if it fails)."""
+    smiles = to_smiles(selfies)
+    return canonicalize(smiles) if smiles else None
+
+
+# ----------------------------------------------------------------------------- properties
+
+def _mol(x: str | Chem.Mol | None) -> Chem.Mol | None:
+    return x if isinstance(x, Chem.Mol) else to_mol(x)
+
+
+def _guard(fn):
+    """Make a property of a molecule return NaN for an unparsable input."""
+
+    @functools.wraps(fn)
+    def wrapper(x: str | Chem.Mol | None) -> float:
+        mol = _mol(x)
+        if mol is None:
+            return math.nan
+        with quiet_rdkit():
+            try:
+                return float(fn(mol))
+            except Exception:
+                return math.nan
+
+    return wrapper
+
+
+@functools.lru_cache(maxsize=1)
+def _sascorer():
+    # RDKit ships Ertl & Schuffenhauer's SA score in Contrib, not as a module.
+    import os
+    import sys
+
+    from rdkit import RDConfig
+
+    path = os.path.join(RDConfig.RDContribDir, "SA_Score")
+    if path not in sys.path:
+        sys.path.append(path)
+    import sascorer  # type: ignore
+
+    return sascorer
+
+
+@_guard
+def qed(mol: Chem.Mol) -> float:
+    """Quantitative estimate of drug-likeness (Bickerton et al. 2012), 0..1."""
+    return QED.qed(mol)
+
+
+@_guard
+def logp(mol: Chem.Mol) -> float:
+    """Crippen logP (Wildman & Crippen 1999)."""
+    return Descriptors.MolLogP(mol)
+
+
+@_guard
+def sa_score(mol: Chem.Mol) -> float:
+    """Synthetic accessibility (Ertl & Schuffenhauer 2009), 1 (easy) .. 10 (hard)."""
+    return _sascorer().calculateScore(mol)
+
+
+@_guard
+def molecular_weight(mol: Chem.Mol) -> float:
+    """Average molecular weight in g/mol."""
+    return Descriptors.MolWt(mol)
+
+
+@_guard
+def heavy_atoms(mol: Chem.Mol) -> float:
+    """Number of heavy (non-hydrogen) atoms."""
+    return mol.GetNumHeavyAtoms()
+
+
+@_guard
+def largest_ring_size(mol: Chem.Mol) -> float:
+    """Size of the largest ring (0 for an acyclic molecule)."""
+    rings = mol.GetRingInfo().AtomRings()
+    return max((len(r) for r in rings), default=0)
+
+
+@_guard
+def penalized_logp(mol: Chem.Mol) -> float:
+    """Unnormalized penalized logP: logP − SA − max(largest ring − 6, 0).
+
+    This is the form used by GCPN, JT-VAE's constrained benchmark tables as
+    reported since You et al. 2018, MolDQN and most later work (no z-scoring by
+    ZINC250k statistics).
+    """
+    rings = mol.GetRingInfo().AtomRings()
+    largest = max((len(r) for r in rings), default=0)
+    return Descriptors.MolLogP(mol) - _sascorer().calculateScore(mol) - max(largest - 6, 0)
+
+
+PROPERTY_FUNCTIONS = {
+    "qed": qed,
+    "logp": logp,
+    "sa": sa_score,
+    "mw": molecular_weight,
+    "heavy_atoms": heavy_atoms,
+    "plogp": penalized_logp,
+}
+
+
+def compute_properties(smiles: Sequence[str | None], names: Iterable[str] = ("qed", "logp", "sa", "mw", "heavy_atoms")
+                       ) -> dict[str, np.ndarray]:
+    """Compute named properties for each SMILES (NaN where it does not parse)."""
+    names = list(names)
+    unknown = [n for n in names if n not in PROPERTY_FUNCTIONS]
+    if unknown:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"unknown property {unknown[0]!r}; expected one of {sorted(PROPERTY_FUNCTIONS)}")
+    mols = [to_mol(s) for s in smiles]
+    return {n: np.array([PROPERTY_FUNCTIONS[n](m) if m is not None else math.nan for m in mols], dtype=float)
+            for n in names}
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+@functools.lru_cache(maxsize=8)
+def _morgan_generator(radius: int, n_bits: int):
+    return rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
+
+
+def morgan_fingerprint(x: str | Chem.Mol | None, radius: int = 2, n_bits: int = 1024):
+    """Morgan (ECFP-like) bit vector, or ``None`` when the molecule does not parse."""
+    mol = _mol(x)
+    if mol is None:
+        return None
+    return _morgan_generator(radius, n_bits).GetFingerprint(mol)
+
+
+def morgan_fingerprints(xs: Sequence[str | Chem.Mol | None], radius: int = 2, n_bits: int = 1024) -> list:
+    """Morgan bit vectors for many molecules (``None`` entries for unparsable ones)."""
+    return [morgan_fingerprint(x, radius, n_bits) for x in xs]
+
+
+def fingerprint_matrix(xs: Sequence[str | Chem.Mol | None], radius: int = 2, n_bits: int = 1024) -> np.ndarray:
+    """Dense ``(n, n_bits)`` uint8 matrix of Morgan bits; unparsable rows are all zero."""
+    gen = _morgan_generator(radius, n_bits)
+    out = np.zeros((len(xs), n_bits), dtype=np.uint8)
+    for i, x in enumerate(xs):
+        mol = _mol(x)
+        if mol is not None:
+            out[i] = gen.GetFingerprintAsNumPy(mol)
+    return out
+
+
+def tanimoto(a: str | Chem.Mol, b: str | Chem.Mol, radius: int = 2, n_bits: int = 2048) -> float:
+    """Tanimoto similarity of Morgan fingerprints; NaN when either does not parse."""
+    fa, fb = morgan_fingerprint(a, radius, n_bits), morgan_fingerprint(b, radius, n_bits)
+    if fa is None or fb is None:
+        return math.nan
+    return DataStructs.TanimotoSimilarity(fa, fb)

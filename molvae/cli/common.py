@@ -1,0 +1,59 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..core import MolVAE, find_model
+
+
+def model_option(f):
+    """``--model``: a model file, a run folder or a shipped model name."""
+    return click.option(
+        "--model", "-m", "model_spec", default=None, metavar="PATH|NAME",
+        help="Model file, run folder or shipped model name (default: latest run in ./runs, else the shipped model).",
+    )(f)
+
+
+def device_option(f):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")(f)
+
+
+def load_model(spec: str | None, device: str = "auto", announce: bool = True) -> MolVAE:
+    """Find and load a model, saying on stderr which one is used."""
+    path, how = find_model(spec)
+    model = MolVAE.load(path, device=device)
+    if announce:
+        click.echo(f"using {how} ({path})", err=True)
+    return model
+
+
+def positive_int(ctx, param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(ctx, param, value):
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(ctx, param, value):
+    if value is not None and not value > 0:
+        raise click.BadParameter(f"must be > 0, got {value}")
+    return value
+
+
+def fraction(ctx, param, value):
+    if value is not None and not 0.0 <= value < 1.0:
+        raise click.BadParameter(f"must be in [0, 1), got {value}")
+    return value
+
+
+def output_path(value: str | None) -> Path | None:
+    return Path(value) if value else None

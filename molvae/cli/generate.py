@@ -1,0 +1,103 @@
+"""``molvae generate``."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import click
+
+from . import main
+from .common import device_option, load_model, model_option, positive_float, positive_int
+
+
+def _read_reference(path: str) -> set[str]:
+    from .. import chem
+    from ..data import read_molecules
+
+    table = read_molecules(path)
+    out = set()
+    for s in table["input"]:
+        c = chem.canonicalize(s)
+        if c:
+            out.add(c)
+    return out
+
+
+@main.command("generate")
+@click.option("--n", "-n", "n", type=int, default=1000, show_default=True, callback=positive_int,
+              help="Number of molecules.")
+@model_option
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="Write smiles,selfies,valid to .csv (or SMILES only to .smi); default: SMILES on stdout.")
+@click.option("--temperature", "-t", type=float, default=1.0, show_default=True, callback=positive_float,
+              help="Softmax temperature of the decoder.")
+@click.option("--greedy", is_flag=True, help="Take the most likely token at each step (z still random).")
+@click.option("--seed", type=int, default=None, help="Random seed (same seed, same molecules).")
+@click.option("--batch-size", type=int, default=1000, show_default=True, callback=positive_int)
+@click.option("--unique", is_flag=True, help="Sample until N distinct molecules (capped at 50×N draws).")
+@click.option("--novel-vs", type=click.Path(dir_okay=False, exists=True),
+              help="Keep only molecules absent from this file (e.g. the training set).")
+@device_option
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [on for N > 5000].")
+def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, unique, novel_vs, device, progress):
+    """Sample N molecules from the prior z ~ N(0, I) and decode them to canonical SMILES."""
+    from tqdm.auto import tqdm
+
+    from ..errors import InvalidInputError
+
+    model = load_model(model_spec, device)
+    exclude = _read_reference(novel_vs) if novel_vs else None
+    filtering = unique or exclude is not None
+    max_draws = 50 * n if filtering else n
+    out_path = Path(out) if out else None
+    fmt = "csv"
+    if out_path is not None:
+        suffix = out_path.suffix.lower()
+        if suffix not in (".csv", ".smi", ".txt"):
+            raise click.BadParameter(f"output {out_path} must end in .csv, .smi or .txt", param_hint="--out")
+        fmt = "csv" if suffix == ".csv" else "smi"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(out_path, "w", newline="", encoding="utf-8") if out_path else sys.stdout
+    writer = csv.writer(handle) if (out_path and fmt == "csv") else None
+    if writer:
+        writer.writerow(["smiles", "selfies", "valid"])
+    seen: set[str] = set()
+    written = draws = 0
+    show = progress if progress is not None else n > 5000
+    bar = tqdm(total=n, desc="generate", unit="mol", disable=not show, file=sys.stderr)
+    try:
+        while written < n and draws < max_draws:
+            want = min(batch_size, max_draws - draws) if filtering else n - written
+            for chunk in model.iter_samples(want, temperature=temperature, greedy=greedy,
+                                            seed=None if seed is None else seed + draws, batch_size=batch_size):
+                draws += len(chunk)
+                lines = []
+                for smi, sel, valid in chunk.itertuples(index=False):
+                    if filtering:
+                        if not valid or smi in seen or (exclude is not None and smi in exclude):
+                            continue
+                        seen.add(smi)
+                    lines.append((smi, sel, valid))
+                    if written + len(lines) >= n:
+                        break
+                if writer:
+                    writer.writerows(lines)
+                else:
+                    handle.write("".join(f"{s}\n" for s, _, _ in lines))
+                handle.flush()
+                written += len(lines)
+                bar.update(len(lines))
+                if written >= n:
+                    break
+    finally:
+        bar.close()
+        if out_path:
+            handle.close()
+    if out_path:
+        click.echo(f"wrote {written} molecules to {out_path}", err=True)
+    if written < n:
+        what = "unique" if exclude is None else "unique novel"
+        raise InvalidInputError(f"only {written} {what} molecules after {draws} draws (asked for {n}); "
+                                "try a higher --temperature or a smaller --n")

@@ -1,0 +1,99 @@
+"""``molvae train``."""
+
+from __future__ import annotations
+
+import click
+
+from ..config import KL_SCHEDULES, ModelConfig, TrainConfig, load_config_file
+from . import main
+from .common import fraction, non_negative_int, positive_float, positive_int
+
+# CLI option name -> (config table, field)
+_MAP = {
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
+    "seed": ("train", "seed"), "val_fraction": ("train", "val_fraction"), "max_len": ("train", "max_len"),
+    "largest_fragment": ("train", "largest_fragment"), "kl_schedule": ("train", "kl_schedule"),
+    "kl_weight": ("train", "kl_weight"), "kl_warmup": ("train", "kl_warmup_epochs"),
+    "free_bits": ("train", "free_bits"), "word_dropout": ("train", "word_dropout"),
+    "grad_clip": ("train", "grad_clip"), "device": ("train", "device"), "amp": ("train", "amp"),
+    "early_stopping": ("train", "early_stopping"), "checkpoint_every": ("train", "checkpoint_every"),
+    "threads": ("train", "num_threads"),
+    "embedding_dim": ("model", "embedding_dim"), "hidden_dim": ("model", "hidden_dim"),
+    "encoder_layers": ("model", "encoder_layers"), "bidirectional": ("model", "bidirectional"),
+    "decoder_hidden_dim": ("model", "decoder_hidden_dim"), "decoder_layers": ("model", "decoder_layers"),
+    "latent_dim": ("model", "latent_dim"), "dropout": ("model", "dropout"),
+}
+
+
+@main.command("train")
+@click.argument("data", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Run folder (default: runs/<timestamp>).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="JSON or TOML file with [model] and [train] settings; command-line options win.")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this folder from checkpoint.pt.")
+@click.option("--smiles-column", help="Name of the SMILES column (default: 'smiles' in any case, or the only column).")
+@click.option("--property", "properties", multiple=True,
+              help="CSV column for the property head (repeatable); missing values are masked.")
+@click.option("--epochs", type=int, callback=positive_int, help=f"Epochs [{TrainConfig.epochs}].")
+@click.option("--batch-size", type=int, callback=positive_int, help=f"Molecules per step [{TrainConfig.batch_size}].")
+@click.option("--lr", type=float, callback=positive_float, help=f"Adam learning rate [{TrainConfig.learning_rate}].")
+@click.option("--seed", type=int, help=f"Random seed [{TrainConfig.seed}].")
+@click.option("--val-fraction", type=float, callback=fraction, help=f"Validation share [{TrainConfig.val_fraction}].")
+@click.option("--max-len", type=int, callback=positive_int, help="Reject molecules with more SELFIES tokens.")
+@click.option("--largest-fragment/--all-fragments", default=None,
+              help="Keep only the largest fragment of salts and mixtures [on]; --all-fragments rejects them.")
+@click.option("--kl-schedule", type=click.Choice(KL_SCHEDULES), help=f"β annealing [{TrainConfig.kl_schedule}].")
+@click.option("--kl-weight", type=float, help=f"β_max [{TrainConfig.kl_weight}].")
+@click.option("--kl-warmup", type=float, help=f"Epochs to reach β_max, or cycle length [{TrainConfig.kl_warmup_epochs}].")
+@click.option("--free-bits", type=float, help="Per-dimension KL floor in nats [0].")
+@click.option("--word-dropout", type=float, callback=fraction, help="Decoder input dropout rate [0].")
+@click.option("--grad-clip", type=float, callback=positive_float, help=f"Gradient norm clip [{TrainConfig.grad_clip}].")
+@click.option("--early-stopping", type=int, callback=positive_int, help="Stop after N epochs without improvement.")
+@click.option("--checkpoint-every", type=int, callback=non_negative_int, help="Also checkpoint every N steps.")
+@click.option("--embedding-dim", type=int, callback=positive_int, help=f"[{ModelConfig.embedding_dim}]")
+@click.option("--hidden-dim", type=int, callback=positive_int, help=f"Encoder GRU size [{ModelConfig.hidden_dim}].")
+@click.option("--encoder-layers", type=int, callback=positive_int, help=f"[{ModelConfig.encoder_layers}]")
+@click.option("--bidirectional/--unidirectional", default=None, help="Encoder direction [bidirectional].")
+@click.option("--decoder-hidden-dim", type=int, callback=positive_int, help=f"[{ModelConfig.decoder_hidden_dim}]")
+@click.option("--decoder-layers", type=int, callback=positive_int, help=f"[{ModelConfig.decoder_layers}]")
+@click.option("--latent-dim", type=int, callback=positive_int, help=f"[{ModelConfig.latent_dim}]")
+@click.option("--dropout", type=float, callback=fraction, help="Dropout between stacked GRU layers [0].")
+@click.option("--device", help="auto | cpu | cuda | cuda:N [auto].")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA [on].")
+@click.option("--threads", type=int, callback=positive_int, help="CPU threads for torch.")
+@click.option("--n-jobs", type=int, default=0, show_default=True, help="Processes for preprocessing (0 = all cores).")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where default run folders and the LATEST pointer go.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs, runs_dir, progress, **opts):
+    """Clean DATA (csv, csv.gz, smi, txt or sdf of SMILES), build the vocabulary and train a VAE.
+
+    Writes a run folder with model.pt (best validation ELBO), checkpoint.pt, config.json,
+    history.csv and rejected.csv (every row not used, with its reason).
+    """
+    from ..train import train
+
+    if data is None and resume is None:
+        raise click.UsageError("give a DATA file of SMILES (or --resume RUN_DIR)")
+    settings = load_config_file(config_file) if config_file else {"model": {}, "train": {}}
+    for key, value in opts.items():
+        if value is not None:
+            table, field = _MAP[key]
+            settings[table][field] = value
+    settings["train"]["show_progress"] = progress
+    model_config = ModelConfig.from_dict(settings["model"])
+    train_config = TrainConfig.from_dict(settings["train"])
+    result = train(data, out, model_config=model_config, train_config=train_config, smiles_column=smiles_column,
+                   property_columns=tuple(properties), runs_dir=runs_dir, resume=resume, n_jobs=n_jobs)
+    prep = result.prepared
+    last = result.history[-1] if result.history else {}
+    best = min(result.history, key=lambda r: r["val_nelbo"] if r["val_nelbo"] == r["val_nelbo"] else float("inf")) \
+        if result.history else {}
+    click.echo(f"molecules: {prep.n_input} read, {len(prep)} used, {len(prep.rejected)} rejected "
+               f"({prep.n_duplicates} duplicates) -> {result.run_dir / 'rejected.csv'}", err=True)
+    if best:
+        click.echo(f"best epoch {best['epoch']}: val -ELBO {best['val_nelbo']:.2f} nats, "
+                   f"reconstruction accuracy {best['val_recon_acc']:.3f}, active units {best['active_units']}; "
+                   f"{len(result.history)} epochs in {last.get('elapsed_s', 0):.0f} s", err=True)
+    click.echo(f"model: {result.run_dir / 'model.pt'}", err=True)
+    click.echo(str(result.run_dir))

@@ -1,0 +1,326 @@
+"""``MolVAE``: a trained network together with its vocabulary and provenance.
+
+This is the object users hold: ``MolVAE.load(path).sample(1000)``. It owns no
+training logic (see :mod:`molvae.train`) and delegates the network to
+:class:`molvae.model.VAE`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import chem
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .errors import CheckpointError, InvalidInputError
+from .model import VAE, sequences_to_tensor
+from .vocab import SPECIAL_TOKENS, Vocabulary
+
+__all__ = ["MolVAE", "resolve_device", "find_model", "SHIPPED_MODELS_DIR", "LATEST_POINTER"]
+
+log = logging.getLogger(__name__)
+
+SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
+LATEST_POINTER = "LATEST"
+DEFAULT_SHIPPED = "moses-small"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device.
+
+    Raises:
+        InvalidInputError: an unknown device string, or CUDA asked for without a GPU.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def shipped_models() -> dict[str, Path]:
+    """Models that ship inside the package, by name."""
+    if not SHIPPED_MODELS_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(SHIPPED_MODELS_DIR.glob("*.pt"))}
+
+
+def find_model(spec: str | os.PathLike | None = None, runs_dir: str | os.PathLike = "runs") -> tuple[Path, str]:
+    """Locate a model file.
+
+    ``spec`` may be a model file, a run folder (holding ``model.pt``), the name of a
+    shipped model, or ``None``: then the latest run under ``runs_dir``, else the
+    shipped default model.
+
+    Returns:
+        ``(path, how)`` where ``how`` says in words which model was chosen.
+
+    Raises:
+        CheckpointError: nothing found; the message says how to get a model.
+    """
+    if spec is not None:
+        p = Path(spec)
+        if p.is_dir():
+            if (p / "model.pt").is_file():
+                return p / "model.pt", f"run {p}"
+            raise CheckpointError(f"{p}: folder has no model.pt; expected a run folder or a model file")
+        if p.is_file():
+            return p, f"model file {p}"
+        shipped = shipped_models()
+        if str(spec) in shipped:
+            return shipped[str(spec)], f"shipped model {spec!r}"
+        names = ", ".join(shipped) or "none"
+        raise CheckpointError(f"{spec}: no such model file, run folder or shipped model (shipped: {names})")
+    runs = Path(runs_dir)
+    pointer = runs / LATEST_POINTER
+    if pointer.is_file():
+        run = runs / pointer.read_text(encoding="utf-8").strip()
+        if (run / "model.pt").is_file():
+            return run / "model.pt", f"latest run {run}"
+    shipped = shipped_models()
+    if DEFAULT_SHIPPED in shipped:
+        return shipped[DEFAULT_SHIPPED], f"shipped model {DEFAULT_SHIPPED!r}"
+    if shipped:
+        name, path = next(iter(shipped.items()))
+        return path, f"shipped model {name!r}"
+    raise CheckpointError(
+        "no model found: no --model given, no runs/LATEST here and no shipped model; "
+        "train one with `molvae train smiles.csv` or pass --model PATH")
+
+
+class MolVAE:
+    """A trained SELFIES VAE: network, vocabulary, configs and training record.
+
+    Args:
+        net: the network.
+        vocab: its token vocabulary.
+        train_config: how it was trained (``None`` for an untrained model).
+        history: one dict per epoch.
+        metadata: provenance (data hash, counts, wall time, ...).
+    """
+
+    def __init__(self, net: VAE, vocab: Vocabulary, *, train_config: TrainConfig | None = None,
+                 history: list[dict[str, Any]] | None = None, metadata: dict[str, Any] | None = None,
+                 path: Path | None = None):
+        if len(vocab) != net.vocab_size:
+            raise CheckpointError(f"vocabulary has {len(vocab)} tokens but the network expects {net.vocab_size}")
+        self.net = net
+        self.vocab = vocab
+        self.train_config = train_config
+        self.history = history or []
+        self.metadata = metadata or {}
+        self.path = path
+        # SELFIES tokens that place an atom (everything but specials, branches and rings).
+        self.atom_tokens = torch.tensor(
+            [i >= len(SPECIAL_TOKENS) and not any(k in t for k in ("Branch", "Ring", "nop"))
+             for i, t in enumerate(vocab.tokens)], dtype=torch.bool)
+
+    # ------------------------------------------------------------------ construction and I/O
+    @classmethod
+    def new(cls, config: ModelConfig, vocab: Vocabulary, seed: int | None = None) -> MolVAE:
+        """An untrained model (weights initialized under ``seed`` when given)."""
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = VAE(config, len(vocab))
+        else:
+            net = VAE(config, len(vocab))
+        return cls(net, vocab)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.net.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: str | torch.device) -> MolVAE:
+        self.net.to(resolve_device(device))
+        return self
+
+    def payload(self) -> dict[str, Any]:
+        """The model as plain data and tensors (what :meth:`save` writes)."""
+        return {
+            "model_config": self.config.to_dict(),
+            "train_config": None if self.train_config is None else self.train_config.to_dict(),
+            "vocab": self.vocab.to_list(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "history": list(self.history),
+            "metadata": dict(self.metadata),
+        }
+
+    def save(self, path: str | os.PathLike, **extra: Any) -> Path:
+        """Write the model to one file (atomically). ``extra`` entries are stored beside it."""
+        path = Path(path)
+        save_checkpoint(path, {**self.payload(), **extra})
+        return path
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any], path: Path | None = None) -> MolVAE:
+        """Rebuild a model from :func:`load_checkpoint` output, validating every shape."""
+        where = str(path) if path else "model file"
+        try:
+            config = ModelConfig.from_dict(dict(data["model_config"]))
+            vocab = Vocabulary.from_list(data["vocab"])
+        except Exception as exc:
+            raise CheckpointError(f"{where}: invalid stored config or vocabulary ({exc})") from None
+        train_config = None
+        if data.get("train_config"):
+            try:
+                train_config = TrainConfig.from_dict(dict(data["train_config"]))
+            except Exception as exc:
+                raise CheckpointError(f"{where}: invalid stored training config ({exc})") from None
+        net = VAE(config, len(vocab))
+        state = data["state_dict"]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{where}: state_dict is not a mapping of tensors")
+        expected = net.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{where}: weights do not match the stored config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        for k, v in expected.items():
+            t = state[k]
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(v.shape):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise CheckpointError(f"{where}: weight {k} has shape {got}, expected {tuple(v.shape)}")
+            if not torch.isfinite(t).all():
+                raise CheckpointError(f"{where}: weight {k} holds NaN or infinite values")
+        net.load_state_dict(state)
+        net.eval()
+        return cls(net, vocab, train_config=train_config, history=list(data.get("history") or []),
+                   metadata=dict(data.get("metadata") or {}), path=path)
+
+    @classmethod
+    def load(cls, spec: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> MolVAE:
+        """Load a model file, run folder or shipped model by name (see :func:`find_model`)."""
+        path, _ = find_model(spec)
+        model = cls.from_payload(load_checkpoint(path), path)
+        return model.to(device)
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, smiles: str) -> list[int] | str:
+        """Token ids of one SMILES, or the reason it cannot be represented."""
+        res = chem.process_smiles(smiles, keep_largest_fragment=bool(
+            self.train_config.largest_fragment if self.train_config else True))
+        if isinstance(res, str):
+            return res
+        unknown = self.vocab.unknown(res.tokens)
+        if unknown:
+            return f"tokens not in the model's vocabulary: {' '.join(unknown[:5])}"
+        if len(res.tokens) + 1 > self.config.max_len:
+            return f"{len(res.tokens)} SELFIES tokens, longer than the model's maximum {self.config.max_len - 1}"
+        return self.vocab.encode(res.tokens)
+
+    def ids_to_smiles(self, ids: Sequence[int]) -> tuple[str, str]:
+        """``(canonical SMILES or '', SELFIES)`` of decoded token ids."""
+        selfies = self.vocab.decode_selfies(ids)
+        smiles = chem.selfies_to_canonical(selfies) if selfies else None
+        return smiles or "", selfies
+
+    # ------------------------------------------------------------------ latent space
+    @torch.no_grad()
+    def encode(self, smiles: Sequence[str], *, sample: bool = False, seed: int | None = None,
+               batch_size: int = 512) -> tuple[np.ndarray, list[str | None]]:
+        """Latent vectors of ``smiles``, rows aligned with the input.
+
+        Returns:
+            ``(latents, reasons)``: ``(n, latent_dim)`` float32 with NaN rows where a
+            molecule could not be encoded, and the reason for each such row (``None`` if encoded).
+        """
+        encoded = [self.tokenize(s) for s in smiles]
+        reasons = [e if isinstance(e, str) else None for e in encoded]
+        out = np.full((len(smiles), self.config.latent_dim), np.nan, dtype=np.float32)
+        ok = [i for i, e in enumerate(encoded) if not isinstance(e, str)]
+        gen = _generator(seed, self.device)
+        self.net.eval()
+        for s in range(0, len(ok), batch_size):
+            idx = ok[s:s + batch_size]
+            tokens, lengths = sequences_to_tensor([encoded[i] for i in idx], self.vocab.eos_id, self.vocab.pad_id)
+            mu, logvar = self.net.encode(tokens.to(self.device), lengths)
+            z = self.net.reparameterize(mu, logvar, gen) if sample else mu
+            out[idx] = z.float().cpu().numpy()
+        return out, reasons
+
+    @torch.no_grad()
+    def decode(self, z: np.ndarray | torch.Tensor, *, temperature: float = 1.0, greedy: bool = True,
+               seed: int | None = None, batch_size: int = 1000) -> pd.DataFrame:
+        """Molecules decoded from latent vectors ``z (n, latent_dim)``, one row each.
+
+        Returns:
+            A table with ``smiles`` (canonical, '' if invalid), ``selfies`` and ``valid``.
+        """
+        z = torch.as_tensor(np.asarray(z, dtype=np.float32) if not isinstance(z, torch.Tensor) else z,
+                            dtype=torch.float32)
+        if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
+            raise InvalidInputError(
+                f"latent vectors have shape {tuple(z.shape)}; expected (n, {self.config.latent_dim})")
+        if not torch.isfinite(z).all():
+            raise InvalidInputError("latent vectors contain NaN or infinite values")
+        gen = _generator(seed, self.device)
+        rows = []
+        self.net.eval()
+        for s in range(0, z.shape[0], batch_size):
+            ids = self.net.generate(z[s:s + batch_size].to(self.device), self.config.max_len,
+                                    temperature=temperature, greedy=greedy, generator=gen,
+                                    atom_tokens=self.atom_tokens)
+            rows.extend(self.ids_to_smiles(seq) for seq in ids)
+        return pd.DataFrame({"smiles": [r[0] for r in rows], "selfies": [r[1] for r in rows],
+                             "valid": [bool(r[0]) for r in rows]})
+
+    def iter_samples(self, n: int, *, temperature: float = 1.0, greedy: bool = False, seed: int | None = None,
+                     batch_size: int = 1000) -> Iterator[pd.DataFrame]:
+        """Sample the prior in batches: yields tables of ``smiles, selfies, valid`` totalling ``n`` rows."""
+        if n < 0:
+            raise InvalidInputError(f"number of molecules must be >= 0, got {n}")
+        if temperature <= 0:
+            raise InvalidInputError(f"temperature must be > 0, got {temperature}")
+        gen = _generator(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()), self.device)
+        done = 0
+        while done < n:
+            m = min(batch_size, n - done)
+            z = torch.randn(m, self.config.latent_dim, generator=gen, device=self.device)
+            ids = self.net.generate(z, self.config.max_len, temperature=temperature, greedy=greedy, generator=gen,
+                                    atom_tokens=self.atom_tokens)
+            rows = [self.ids_to_smiles(seq) for seq in ids]
+            done += m
+            yield pd.DataFrame({"smiles": [r[0] for r in rows], "selfies": [r[1] for r in rows],
+                                "valid": [bool(r[0]) for r in rows]})
+
+    def sample(self, n: int, *, temperature: float = 1.0, greedy: bool = False, seed: int | None = None,
+               batch_size: int = 1000) -> pd.DataFrame:
+        """``n`` molecules decoded from z ~ N(0, I): a table of ``smiles, selfies, valid``."""
+        self.net.eval()
+        parts = list(self.iter_samples(n, temperature=temperature, greedy=greedy, seed=seed, batch_size=batch_size))
+        if not parts:
+            return pd.DataFrame({"smiles": [], "selfies": [], "valid": []})
+        return pd.concat(parts, ignore_index=True)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"MolVAE(latent_dim={c.latent_dim}, vocab={len(self.vocab)}, "
+                f"params={self.net.n_parameters():,}, path={str(self.path) if self.path else None})")
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g

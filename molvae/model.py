@@ -1,0 +1,221 @@
+"""The SELFIES GRU variational autoencoder as a pure ``nn.Module`` (no file I/O here).
+
+Encoder: token embedding -> GRU (optionally bidirectional, stacked) -> final hidden
+state -> (μ, log σ²). Decoder: a GRU whose initial hidden state is a linear map of
+z and whose input at every step is the previous token's embedding concatenated
+with z (Bowman et al. 2016; Gómez-Bombarelli et al. 2018). Sequences are packed,
+so no GRU step and no logit is computed on padding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from .config import ModelConfig
+from .vocab import Vocabulary
+
+__all__ = ["VAE", "VAEOutput", "kl_divergence"]
+
+
+@dataclass
+class VAEOutput:
+    """What one forward pass returns; per-molecule terms have shape ``(B,)``."""
+
+    recon: torch.Tensor        # (B,) summed token cross-entropy per molecule, nats
+    kl: torch.Tensor           # (B,) KL(q(z|x) || N(0, I)) per molecule, nats
+    kl_per_dim: torch.Tensor   # (latent_dim,) KL of each latent dimension, mean over the batch
+    mu: torch.Tensor           # (B, latent_dim)
+    logvar: torch.Tensor       # (B, latent_dim)
+    z: torch.Tensor            # (B, latent_dim)
+    n_tokens: int              # target tokens in the batch (eos included)
+    n_correct: torch.Tensor    # () teacher-forced argmax hits, for token accuracy
+    properties: torch.Tensor | None = None  # (B, P) property head predictions
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(μ, σ²) || N(0, 1)), shape of ``mu``."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+class VAE(nn.Module):
+    """SELFIES sequence VAE.
+
+    Args:
+        config: layer sizes.
+        vocab_size: number of tokens including the four specials.
+        pad_id, bos_id, eos_id, unk_id: special token ids (see :class:`Vocabulary`).
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int, *, pad_id: int = Vocabulary.pad_id,
+                 bos_id: int = Vocabulary.bos_id, eos_id: int = Vocabulary.eos_id,
+                 unk_id: int = Vocabulary.unk_id):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = pad_id, bos_id, eos_id, unk_id
+        c = config
+        self.embedding = nn.Embedding(vocab_size, c.embedding_dim, padding_idx=pad_id)
+        self.encoder_rnn = nn.GRU(
+            c.embedding_dim, c.hidden_dim, num_layers=c.encoder_layers, batch_first=True,
+            bidirectional=c.bidirectional, dropout=c.dropout if c.encoder_layers > 1 else 0.0)
+        enc_out = c.hidden_dim * (2 if c.bidirectional else 1)
+        self.to_mu = nn.Linear(enc_out, c.latent_dim)
+        self.to_logvar = nn.Linear(enc_out, c.latent_dim)
+        self.latent_to_hidden = nn.Linear(c.latent_dim, c.decoder_hidden_dim * c.decoder_layers)
+        self.decoder_rnn = nn.GRU(
+            c.embedding_dim + c.latent_dim, c.decoder_hidden_dim, num_layers=c.decoder_layers,
+            batch_first=True, dropout=c.dropout if c.decoder_layers > 1 else 0.0)
+        self.output = nn.Linear(c.decoder_hidden_dim, vocab_size)
+        self.property_head: nn.Module | None = None
+        if c.property_names:
+            self.property_head = nn.Sequential(
+                nn.Linear(c.latent_dim, c.property_hidden_dim), nn.ReLU(),
+                nn.Linear(c.property_hidden_dim, c.property_hidden_dim), nn.ReLU(),
+                nn.Linear(c.property_hidden_dim, len(c.property_names)))
+        # Tokens the decoder may emit: everything but <pad>, <bos>, <unk>.
+        mask = torch.zeros(vocab_size, dtype=torch.bool)
+        mask[[pad_id, bos_id, unk_id]] = True
+        self.register_buffer("forbidden", mask, persistent=False)
+
+    # ------------------------------------------------------------------ encoder
+    def encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters of padded ``tokens (B, L)`` with ``lengths (B,)``: ``(μ, log σ²)``, each ``(B, latent_dim)``."""
+        emb = self.embedding(tokens)
+        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.encoder_rnn(packed)  # h: (layers * directions, B, H), in input order
+        if self.config.bidirectional:
+            h = torch.cat([h[-2], h[-1]], dim=-1)
+        else:
+            h = h[-1]
+        return self.to_mu(h), self.to_logvar(h)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+                       ) -> torch.Tensor:
+        """z = μ + σ·ε with ε ~ N(0, I)."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    # ------------------------------------------------------------------ decoder
+    def initial_hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder GRU state from z: ``(decoder_layers, B, decoder_hidden_dim)``."""
+        c = self.config
+        h = self.latent_to_hidden(z).view(z.shape[0], c.decoder_layers, c.decoder_hidden_dim)
+        return h.transpose(0, 1).contiguous()
+
+    def decoder_logits(self, z: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+                       word_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits on the real (packed) positions only.
+
+        Returns:
+            ``(logits, targets)``: ``(N, vocab)`` and ``(N,)`` over the N = Σ lengths
+            target tokens, in packed order (time-major).
+        """
+        B = tokens.shape[0]
+        inputs = torch.cat([torch.full((B, 1), self.bos_id, dtype=tokens.dtype, device=tokens.device),
+                            tokens[:, :-1]], dim=1)
+        if word_dropout > 0 and self.training:
+            # Replacing inputs by <unk> forces the decoder to rely on z (Bowman et al. 2016).
+            drop = torch.rand(inputs.shape, device=inputs.device) < word_dropout
+            drop[:, 0] = False
+            inputs = inputs.masked_fill(drop, self.unk_id)
+        emb = self.embedding(inputs)
+        x = torch.cat([emb, z.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)
+        lengths_cpu = lengths.cpu()
+        packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
+        out, _ = self.decoder_rnn(packed, self.initial_hidden(z))
+        targets = pack_padded_sequence(tokens, lengths_cpu, batch_first=True, enforce_sorted=False).data
+        return self.output(out.data), targets
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, *, sample: bool = True,
+                word_dropout: float = 0.0, generator: torch.Generator | None = None) -> VAEOutput:
+        """Encode, sample z (or take μ when ``sample=False``), decode with teacher forcing."""
+        mu, logvar = self.encode(tokens, lengths)
+        z = self.reparameterize(mu, logvar, generator) if sample else mu
+        logits, targets = self.decoder_logits(z, tokens, lengths, word_dropout)
+        ce = F.cross_entropy(logits.float(), targets, reduction="none")
+        # Map each packed position back to its molecule to get per-molecule sums.
+        B, L = tokens.shape
+        owner = torch.arange(B, device=tokens.device).unsqueeze(1).expand(B, L)
+        owner = pack_padded_sequence(owner, lengths.cpu(), batch_first=True, enforce_sorted=False).data
+        recon = torch.zeros(B, device=tokens.device, dtype=ce.dtype).index_add_(0, owner, ce)
+        kl_el = kl_divergence(mu.float(), logvar.float())
+        props = self.property_head(mu) if self.property_head is not None else None
+        with torch.no_grad():
+            n_correct = (logits.argmax(-1) == targets).sum()
+        return VAEOutput(recon=recon, kl=kl_el.sum(-1), kl_per_dim=kl_el.mean(0), mu=mu, logvar=logvar, z=z,
+                         n_tokens=int(targets.numel()), n_correct=n_correct, properties=props)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, max_len: int, *, temperature: float = 1.0, greedy: bool = False,
+                 generator: torch.Generator | None = None, atom_tokens: torch.Tensor | None = None
+                 ) -> list[list[int]]:
+        """Decode latent vectors ``z (B, latent_dim)`` autoregressively.
+
+        ``atom_tokens`` (a ``(vocab,)`` bool mask) forbids ``<eos>`` until one of those
+        tokens was emitted: a SELFIES string of only branch/ring tokens decodes to an
+        empty molecule, so this keeps every sample a real molecule.
+
+        Returns:
+            One list of token ids per row, without ``<eos>``, at most ``max_len`` long.
+        """
+        B = z.shape[0]
+        device = z.device
+        h = self.initial_hidden(z)
+        token = torch.full((B,), self.bos_id, dtype=torch.long, device=device)
+        out = torch.full((B, max_len), self.pad_id, dtype=torch.long, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        has_atom = torch.zeros(B, dtype=torch.bool, device=device) if atom_tokens is not None else None
+        zin = z.unsqueeze(1)
+        for t in range(max_len):
+            x = torch.cat([self.embedding(token).unsqueeze(1), zin], dim=-1)
+            y, h = self.decoder_rnn(x, h)
+            logits = self.output(y[:, 0]).float().masked_fill(self.forbidden, -math.inf)
+            if has_atom is not None and t < max_len - 1:
+                logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(~has_atom, -math.inf)
+            if greedy:
+                token = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            token = token.masked_fill(finished, self.eos_id)
+            out[:, t] = token
+            if has_atom is not None:
+                has_atom |= atom_tokens.to(device)[token]
+            finished |= token == self.eos_id
+            # One host sync every 8 steps is enough to stop early without stalling the GPU each step.
+            if t % 8 == 7 and bool(finished.all()):
+                break
+        rows = out.cpu().tolist()
+        result = []
+        for row in rows:
+            try:
+                row = row[: row.index(self.eos_id)]
+            except ValueError:
+                pass
+            result.append([i for i in row if i != self.pad_id])
+        return result
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def sequences_to_tensor(seqs: Sequence[Sequence[int]], eos_id: int, pad_id: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id sequences and append ``<eos>``: ``(tokens (B, L), lengths (B,))``."""
+    lengths = torch.tensor([len(s) + 1 for s in seqs], dtype=torch.long)
+    width = int(lengths.max()) if len(seqs) else 1
+    out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        out[i, len(s)] = eos_id
+    return out, lengths

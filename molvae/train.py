@@ -1,0 +1,553 @@
+"""Training: β-annealed ELBO, checkpoints, resume, device selection and mixed precision.
+
+Loss per molecule = token cross-entropy (reconstruction, nats) + β·KL(q(z|x) || N(0, I)),
+averaged over the batch. β follows a schedule (constant, linear, sigmoid or cyclical,
+Fu et al. 2019); free bits put a floor under each latent dimension's KL (Kingma et
+al. 2016) and word dropout weakens the decoder's teacher forcing (Bowman et al. 2016),
+both against posterior collapse.
+
+A run folder holds ``model.pt`` (the best model by validation negative ELBO),
+``checkpoint.pt`` (everything needed to resume), ``config.json``, ``history.csv`` and
+``rejected.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data as data_mod
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, versions
+from .config import ModelConfig, TrainConfig
+from .core import LATEST_POINTER, MolVAE, resolve_device
+from .errors import CheckpointError, InvalidInputError, MolvaeError
+from .model import VAE
+
+__all__ = ["train", "TrainResult", "kl_weight_at", "evaluate_loss", "reconstruction_accuracy",
+           "active_units", "TrainingInterrupted", "TrainingDiverged"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(MolvaeError):
+    """Raised after Ctrl-C/SIGTERM once a resumable checkpoint has been written."""
+
+
+class TrainingDiverged(MolvaeError):
+    """Raised when too many consecutive steps had a non-finite loss or gradient."""
+
+
+def kl_weight_at(config: TrainConfig, epoch_progress: float) -> float:
+    """β after ``epoch_progress`` epochs (fractional) under ``config``'s schedule."""
+    beta, warm = config.kl_weight, config.kl_warmup_epochs
+    kind = config.kl_schedule
+    if kind == "constant" or warm <= 0:
+        return beta
+    if kind == "linear":
+        return beta * min(1.0, epoch_progress / warm)
+    if kind == "sigmoid":
+        # centred at half the warm-up, ~0.7% of β_max at 0 and ~99.3% at the end
+        return beta / (1.0 + math.exp(-10.0 * (epoch_progress / warm - 0.5)))
+    if kind == "cyclical":
+        pos = (epoch_progress % warm) / warm
+        ratio = max(config.kl_cycle_ratio, 1e-8)
+        return beta * min(1.0, pos / ratio)
+    raise InvalidInputError(f"unknown KL schedule {kind!r}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    run_dir: Path
+    model: MolVAE
+    history: list[dict[str, Any]]
+    prepared: data_mod.PreparedData | None = None
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def kl_term(out, config: TrainConfig) -> torch.Tensor:
+    """KL part of the loss: mean over the batch, with the free-bits floor per dimension."""
+    if config.free_bits > 0:
+        return torch.clamp(out.kl_per_dim, min=config.free_bits).sum()
+    return out.kl.mean()
+
+
+def property_loss(pred: torch.Tensor | None, target: torch.Tensor | None) -> torch.Tensor | None:
+    """Mean squared error of the property head over labelled entries only (NaN = unlabelled)."""
+    if pred is None or target is None:
+        return None
+    mask = torch.isfinite(target)
+    if not bool(mask.any()):
+        return pred.sum() * 0.0
+    return ((pred.float() - torch.nan_to_num(target)) ** 2)[mask].mean()
+
+
+@torch.no_grad()
+def evaluate_loss(net: VAE, tokens: data_mod.TokenData, indices: np.ndarray, vocab, batch_size: int,
+                  device: torch.device, seed: int = 0, amp: bool = False) -> dict[str, float]:
+    """Mean reconstruction, KL and negative ELBO (nats/molecule) and token accuracy over ``indices``.
+
+    One posterior sample per molecule from a generator seeded with ``seed``.
+    """
+    if len(indices) == 0:
+        return {"recon": math.nan, "kl": math.nan, "nelbo": math.nan, "token_acc": math.nan}
+    was_training = net.training
+    net.eval()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    recon = kl = 0.0
+    correct = total = 0
+    for idx in data_mod.bucket_batches(tokens.lengths, indices, batch_size, shuffle=False):
+        b = tokens.batch(idx, vocab.eos_id, vocab.pad_id).to(device)
+        with _autocast(device, amp):
+            out = net(b.tokens, b.lengths, sample=True, generator=gen)
+        recon += float(out.recon.sum())
+        kl += float(out.kl.sum())
+        correct += int(out.n_correct)
+        total += out.n_tokens
+    net.train(was_training)
+    n = len(indices)
+    return {"recon": recon / n, "kl": kl / n, "nelbo": (recon + kl) / n, "token_acc": correct / max(total, 1)}
+
+
+@torch.no_grad()
+def latent_means(net: VAE, tokens: data_mod.TokenData, indices: np.ndarray, vocab, batch_size: int,
+                 device: torch.device) -> np.ndarray:
+    """μ of each molecule at ``indices`` in that order, ``(n, latent_dim)``."""
+    out = np.zeros((len(indices), net.config.latent_dim), dtype=np.float32)
+    was_training = net.training
+    net.eval()
+    for s in range(0, len(indices), batch_size):
+        idx = indices[s:s + batch_size]
+        b = tokens.batch(idx, vocab.eos_id, vocab.pad_id).to(device)
+        mu, _ = net.encode(b.tokens, b.lengths)
+        out[s:s + len(idx)] = mu.float().cpu().numpy()
+    net.train(was_training)
+    return out
+
+
+def active_units(mu: np.ndarray, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across molecules (Burda et al. 2016): Var_x[μ_d] > threshold."""
+    if len(mu) < 2:
+        return 0
+    return int((mu.var(axis=0) > threshold).sum())
+
+
+@torch.no_grad()
+def reconstruction_accuracy(model: MolVAE, smiles: list[str], tokens: data_mod.TokenData,
+                            indices: np.ndarray, batch_size: int = 256) -> float:
+    """Fraction of molecules at ``indices`` whose greedy decode of μ gives back the same canonical SMILES."""
+    if len(indices) == 0:
+        return math.nan
+    mu = latent_means(model.net, tokens, indices, model.vocab, batch_size, model.device)
+    decoded = model.decode(mu, greedy=True, batch_size=batch_size)
+    hits = sum(1 for i, s in zip(indices, decoded["smiles"]) if s == smiles[i])
+    return hits / len(indices)
+
+
+def _make_run_dir(out_dir: str | os.PathLike | None, runs_dir: str | os.PathLike) -> Path:
+    if out_dir is not None:
+        run = Path(out_dir)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run = Path(runs_dir) / stamp
+        k = 1
+        while run.exists():
+            run = Path(runs_dir) / f"{stamp}-{k}"
+            k += 1
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def _point_latest(run: Path, runs_dir: str | os.PathLike) -> None:
+    runs = Path(runs_dir)
+    try:
+        if run.resolve().parent == runs.resolve():
+            atomic_write(runs / LATEST_POINTER, lambda f: f.write(run.name.encode() + b"\n"))
+    except OSError:
+        log.warning("could not update %s", runs / LATEST_POINTER)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    py = random.getstate()
+    state["python"] = [py[0], list(py[1]), py[2]]
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "python" in state:
+        v, internal, gauss = state["python"]
+        random.setstate((v, tuple(internal), gauss))
+
+
+def _write_history(run: Path, history: list[dict[str, Any]]) -> None:
+    if history:
+        text = pd.DataFrame(history).to_csv(index=False)
+        atomic_write(run / "history.csv", lambda f: f.write(text.encode()))
+
+
+def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None = None,
+          out_dir: str | os.PathLike | None = None, *,
+          model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
+          smiles_column: str | None = None, property_columns: tuple[str, ...] = (),
+          runs_dir: str | os.PathLike = "runs", resume: str | os.PathLike | None = None,
+          n_jobs: int = 1, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train a SELFIES VAE and write a run folder.
+
+    Args:
+        data: a molecule file (any format :func:`molvae.data.read_molecules` reads), a
+            table with an ``input`` column, or already :class:`PreparedData`.
+        out_dir: run folder; default ``runs_dir/<timestamp>``, with ``runs_dir/LATEST`` updated.
+        model_config, train_config: settings (defaults when ``None``).
+        smiles_column: the SMILES column of a CSV when it is not found automatically.
+        property_columns: CSV columns the property head learns (NaN/missing rows are masked).
+        resume: a run folder with ``checkpoint.pt`` to continue; ``data`` may then be omitted.
+        n_jobs: processes for preprocessing.
+        on_epoch: called with each epoch's history row.
+
+    Raises:
+        InvalidInputError: no molecule survives cleaning, or bad settings.
+        TrainingInterrupted: Ctrl-C/SIGTERM (a checkpoint was written first).
+        TrainingDiverged: ``max_bad_steps`` consecutive non-finite steps.
+    """
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        run = Path(resume)
+        ckpt_path = run / "checkpoint.pt"
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"{run}: no checkpoint.pt to resume from")
+        state = load_checkpoint(ckpt_path)
+        if "training_state" not in state:
+            raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
+        model_config = ModelConfig.from_dict(dict(state["model_config"]))
+        train_config = TrainConfig.from_dict(dict(state["train_config"]))
+        ts = state["training_state"]
+        if data is None:
+            data = ts.get("data_path")
+            if not data or not Path(data).exists():
+                raise InvalidInputError(f"{run}: the training data {data!r} is gone; pass it again to resume")
+        smiles_column = ts.get("smiles_column", smiles_column)
+        property_columns = tuple(ts.get("property_columns") or property_columns)
+    else:
+        run = None
+    model_config = model_config or ModelConfig()
+    train_config = train_config or TrainConfig()
+    tc = train_config
+    if data is None:
+        raise InvalidInputError("no training data given")
+
+    _seed_everything(tc.seed)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+
+    # ---------------------------------------------------------------- data
+    data_path = None
+    source_hash = None
+    if isinstance(data, data_mod.PreparedData):
+        prepared = data
+        source_hash = prepared.source_hash
+    else:
+        if isinstance(data, pd.DataFrame):
+            table = data
+            if "input" not in table.columns:
+                col = data_mod.find_smiles_column(list(table.columns), smiles_column, source="table")
+                table = pd.DataFrame({"row": np.arange(1, len(table) + 1), "input": table[col].astype(str),
+                                      **{c: table[c] for c in property_columns}})
+        else:
+            table = data_mod.read_molecules(data, smiles_column)
+            data_path = str(Path(data).resolve())
+            source_hash = data_mod.file_hash(data)
+        prepared = data_mod.prepare(table, largest_fragment=tc.largest_fragment, max_len=tc.max_len,
+                                    property_columns=property_columns, n_jobs=n_jobs,
+                                    show_progress=tc.show_progress)
+        prepared.source_hash = source_hash
+    if len(prepared) == 0:
+        raise InvalidInputError(
+            f"no molecule survived cleaning: {prepared.n_input} rows read, {len(prepared.rejected)} rejected "
+            f"(first reason: {prepared.rejected['reason'].iloc[0] if len(prepared.rejected) else 'none'})")
+    log.info("%d molecules read, %d kept, %d rejected (%d duplicates)", prepared.n_input, len(prepared),
+             len(prepared.rejected), prepared.n_duplicates)
+
+    if state is not None:
+        vocab_saved = state["vocab"]
+        if list(vocab_saved) != prepared.vocab.to_list() or state["training_state"].get("data_hash") != source_hash:
+            raise CheckpointError(f"{run}: the training data changed since the checkpoint; cannot resume")
+    vocab = prepared.vocab
+    longest = int(prepared.tokens.lengths.max())
+    if state is None:
+        cap = (tc.max_len if tc.max_len else longest) + 1
+        model_config = model_config.replace(max_len=max(cap, longest + 1),
+                                            property_names=tuple(property_columns) or model_config.property_names)
+    train_idx, val_idx = data_mod.split_indices(len(prepared), tc.val_fraction, tc.seed)
+    prop_array = None
+    if prepared.properties is not None and len(prepared.properties.columns):
+        prop_array = prepared.properties.to_numpy(dtype=np.float32)
+        # Standardize targets so the head's loss is on the scale of unit variance.
+        mean = np.nanmean(prop_array[train_idx], axis=0)
+        std = np.nanstd(prop_array[train_idx], axis=0)
+        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        prop_array = (prop_array - mean) / std
+        property_stats = {"mean": mean.tolist(), "std": std.tolist()}
+    else:
+        property_stats = None
+
+    # ---------------------------------------------------------------- run folder
+    if run is None:
+        run = _make_run_dir(out_dir, runs_dir)
+    if not (state is not None and (run / "rejected.csv").exists()):
+        prepared.rejected.to_csv(run / "rejected.csv", index=False)
+
+    device = resolve_device(tc.device)
+    model = MolVAE.new(model_config, vocab, seed=tc.seed)
+    net = model.net.to(device)
+    use_amp = tc.amp and device.type == "cuda"
+    optimizer = torch.optim.Adam(net.parameters(), lr=tc.learning_rate)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) \
+        if device.type == "cuda" else None
+
+    history: list[dict[str, Any]] = []
+    start_epoch, start_batch, global_step = 0, 0, 0
+    best_val, bad_epochs = math.inf, 0
+    if state is not None:
+        ts = state["training_state"]
+        net.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(ts["optimizer"])
+        if scaler is not None and ts.get("scaler"):
+            scaler.load_state_dict(ts["scaler"])
+        start_epoch, start_batch, global_step = int(ts["epoch"]), int(ts["batch"]), int(ts["global_step"])
+        best_val, bad_epochs = float(ts["best_val"]), int(ts["bad_epochs"])
+        history = list(state.get("history") or [])
+        _set_rng_state(ts["rng"])
+        log.info("resuming %s at epoch %d, batch %d", run, start_epoch + 1, start_batch)
+
+    metadata = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data_path": data_path,
+        "data_hash": source_hash,
+        "n_input": prepared.n_input,
+        "n_molecules": len(prepared),
+        "n_rejected": int(len(prepared.rejected)),
+        "n_duplicates": prepared.n_duplicates,
+        "n_train": int(len(train_idx)),
+        "n_val": int(len(val_idx)),
+        "device": str(device),
+        "property_stats": property_stats,
+        "n_parameters": net.n_parameters(),
+    }
+    config_record = {"model": model_config.to_dict(), "train": tc.to_dict(), "data": data_path,
+                     "smiles_column": smiles_column, "property_columns": list(property_columns),
+                     "versions": versions(), "metadata": metadata}
+    text = json.dumps(config_record, indent=2)
+    atomic_write(run / "config.json", lambda f: f.write(text.encode()))
+    _point_latest(run, runs_dir)
+
+    def training_state(epoch: int, batch: int) -> dict[str, Any]:
+        return {
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": epoch, "batch": batch, "global_step": global_step,
+            "best_val": best_val, "bad_epochs": bad_epochs,
+            "rng": _rng_state(), "data_path": data_path, "data_hash": source_hash,
+            "smiles_column": smiles_column, "property_columns": list(property_columns),
+        }
+
+    def save_resumable(epoch: int, batch: int) -> None:
+        model.train_config, model.history, model.metadata = tc, history, metadata
+        save_checkpoint(run / "checkpoint.pt", {**model.payload(), "training_state": training_state(epoch, batch)})
+
+    # Ctrl-C and SIGTERM finish the current step, write a checkpoint and stop.
+    stop = {"flag": False}
+
+    def _handler(signum, frame):
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        log.warning("interrupt received: saving a checkpoint after this step")
+
+    old_handlers = {}
+    if _in_main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[sig] = signal.signal(sig, _handler)
+
+    from tqdm.auto import tqdm
+
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / tc.batch_size))
+    t_start = time.perf_counter()
+    elapsed_before = float(history[-1]["elapsed_s"]) if history else 0.0
+    consecutive_bad = 0
+    stopped_early = False
+    net.train()
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            epoch_rng = np.random.default_rng([tc.seed, epoch])
+            batches = data_mod.bucket_batches(prepared.tokens.lengths, train_idx, tc.batch_size, shuffle=True,
+                                              rng=epoch_rng)
+            first = start_batch if epoch == start_epoch else 0
+            t_epoch = time.perf_counter()
+            sums = {"recon": 0.0, "kl": 0.0, "loss": 0.0, "n": 0, "prop": 0.0, "skipped": 0}
+            recon_acc_t = torch.zeros((), device=device)
+            kl_acc_t = torch.zeros((), device=device)
+            loss_acc_t = torch.zeros((), device=device)
+            n_acc = 0
+            bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                       disable=not tc.show_progress, leave=False, dynamic_ncols=True)
+            beta = kl_weight_at(tc, epoch + first / len(batches))
+            for bi in range(first, len(batches)):
+                idx = batches[bi]
+                b = prepared.tokens.batch(idx, vocab.eos_id, vocab.pad_id)
+                if prop_array is not None:
+                    b.properties = torch.from_numpy(prop_array[idx])
+                b = b.to(device, non_blocking=True)
+                beta = kl_weight_at(tc, epoch + bi / len(batches))
+                with _autocast(device, use_amp):
+                    out = net(b.tokens, b.lengths, sample=True, word_dropout=tc.word_dropout)
+                recon = out.recon.mean()
+                kl = kl_term(out, tc)
+                loss = recon + beta * kl
+                ploss = property_loss(out.properties, b.properties)
+                if ploss is not None:
+                    loss = loss + tc.property_weight * ploss
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None and scaler.is_enabled():
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                    consecutive_bad += 1
+                    sums["skipped"] += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
+                                global_step, consecutive_bad)
+                    if scaler is not None and scaler.is_enabled():
+                        scaler.update()
+                    if consecutive_bad >= tc.max_bad_steps:
+                        raise TrainingDiverged(
+                            f"{consecutive_bad} consecutive steps with a non-finite loss or gradient; "
+                            f"stopped at epoch {epoch + 1}, the last good checkpoint is kept in {run}")
+                else:
+                    consecutive_bad = 0
+                    if scaler is not None and scaler.is_enabled():
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    # Accumulate on the device; read back only for the progress bar and epoch end.
+                    n = len(idx)
+                    recon_acc_t += out.recon.detach().sum()
+                    kl_acc_t += out.kl.detach().sum()
+                    loss_acc_t += loss.detach() * n
+                    n_acc += n
+                    if ploss is not None:
+                        sums["prop"] += float(ploss) * n
+                global_step += 1
+                bar.update(1)
+                if tc.show_progress and bi % 20 == 0 and n_acc:
+                    bar.set_postfix(recon=f"{float(recon_acc_t) / n_acc:.2f}",
+                                    kl=f"{float(kl_acc_t) / n_acc:.2f}", beta=f"{beta:.3f}")
+                if tc.checkpoint_every and global_step % tc.checkpoint_every == 0:
+                    save_resumable(epoch, bi + 1)
+                if stop["flag"]:
+                    save_resumable(epoch, bi + 1)
+                    raise TrainingInterrupted(
+                        f"interrupted at epoch {epoch + 1}, step {global_step}; checkpoint saved, "
+                        f"continue with: molvae train --resume {run}")
+            bar.close()
+            n_tr = max(n_acc, 1)
+            train_recon, train_kl = float(recon_acc_t) / n_tr, float(kl_acc_t) / n_tr
+            train_loss = float(loss_acc_t) / n_tr
+            # ---- validation
+            val = evaluate_loss(net, prepared.tokens, val_idx, vocab, max(tc.batch_size, 256), device,
+                                seed=tc.seed, amp=use_amp)
+            eval_idx = val_idx if len(val_idx) else train_idx
+            sub = eval_idx[: tc.recon_eval_size]
+            mu = latent_means(net, prepared.tokens, eval_idx[:5000], vocab, 512, device)
+            recon_acc = reconstruction_accuracy(model, prepared.smiles, prepared.tokens, sub) if len(sub) else math.nan
+            net.train()
+            row = {
+                "epoch": epoch + 1, "step": global_step, "beta": beta,
+                "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
+                "val_recon": val["recon"], "val_kl": val["kl"], "val_nelbo": val["nelbo"],
+                "val_token_acc": val["token_acc"], "val_recon_acc": recon_acc,
+                "active_units": active_units(mu), "skipped_steps": sums["skipped"],
+                "epoch_time_s": time.perf_counter() - t_epoch,
+                "elapsed_s": elapsed_before + time.perf_counter() - t_start,
+            }
+            if prop_array is not None:
+                row["train_property_mse"] = sums["prop"] / n_tr
+            history.append(row)
+            log.info("epoch %d: recon %.3f kl %.3f beta %.3f | val nelbo %.3f recon_acc %.3f AU %d",
+                     epoch + 1, train_recon, train_kl, beta, val["nelbo"], recon_acc, row["active_units"])
+            if on_epoch:
+                on_epoch(row)
+            score = val["nelbo"] if math.isfinite(val["nelbo"]) else train_loss
+            # β is still rising during warm-up, so compare ELBOs only once it has settled
+            # would be stricter; we keep the best true (β=1) validation ELBO at any time.
+            if score < best_val:
+                best_val, bad_epochs = score, 0
+                model.train_config, model.history, model.metadata = tc, history, metadata
+                model.save(run / "model.pt")
+            else:
+                bad_epochs += 1
+            _write_history(run, history)
+            save_resumable(epoch + 1, 0)
+            if tc.early_stopping and bad_epochs >= tc.early_stopping:
+                log.info("early stopping: no validation improvement in %d epochs", bad_epochs)
+                stopped_early = True
+                break
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+
+    metadata["train_time_s"] = history[-1]["elapsed_s"] if history else 0.0
+    best = MolVAE.from_payload(load_checkpoint(run / "model.pt"), run / "model.pt")
+    # Record the full history in the best model as well, so the file alone tells the story.
+    best.history, best.metadata = history, {**best.metadata, **metadata}
+    best.save(run / "model.pt")
+    _write_history(run, history)
+    return TrainResult(run_dir=run, model=best.to(device), history=history, prepared=prepared,
+                       stopped_early=stopped_early)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny real data and a tiny real model trained once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from molvae import ModelConfig, TrainConfig, train
+
+DATA = Path(__file__).parent / "data"
+
+TINY_MODEL = ModelConfig(embedding_dim=16, hidden_dim=16, decoder_hidden_dim=32, latent_dim=4)
+
+
+def tiny_train_config(**changes) -> TrainConfig:
+    """Training settings for tests: a few quick epochs, no progress bar."""
+    base = dict(epochs=3, batch_size=32, seed=0, kl_warmup_epochs=2, recon_eval_size=50,
+                show_progress=False, device="cpu")
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def small_csv() -> Path:
+    """200 drug-like SMILES from the shipped MOSES sample (column ``smiles``)."""
+    return DATA / "small.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, small_csv):
+    """A tiny model (hidden 16, latent 4) trained for 3 epochs on ``small.csv``; returns the TrainResult."""
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    return train(small_csv, out, model_config=TINY_MODEL, train_config=tiny_train_config(),
+                 runs_dir=out.parent)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run):
+    """The trained tiny :class:`molvae.MolVAE` (on the CPU)."""
+    return tiny_run.model
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,239 @@
+"""Core pipeline: chemistry helpers, vocabulary, data cleaning, model, training, sampling, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from rdkit import Chem
+
+from molvae import MolVAE, TrainConfig, Vocabulary, chem, train
+from molvae.checkpoint import load_checkpoint
+from molvae.cli import main
+from molvae.data import TokenData, bucket_batches, prepare, read_molecules, split_indices
+from molvae.errors import InvalidInputError, VocabularyError
+from molvae.model import VAE
+from molvae.train import kl_weight_at
+
+from conftest import TINY_MODEL, tiny_train_config
+
+
+# ----------------------------------------------------------------------------- chem
+
+def test_helpers_return_none_on_garbage():
+    assert chem.to_mol("not a smiles") is None
+    assert chem.to_mol("") is None
+    assert chem.canonicalize("C1CC") is None
+    assert chem.to_smiles("[C][garbage") is None or isinstance(chem.to_smiles("[C][garbage"), str)
+    assert chem.to_selfies(None) is None
+    assert isinstance(chem.process_smiles("xyz"), str)
+
+
+def test_canonical_and_largest_fragment():
+    assert chem.canonicalize("OCC") == chem.canonicalize("CCO") == "CCO"
+    res = chem.process_smiles("CC(=O)[O-].[Na+]")
+    assert res.smiles == "CC(=O)[O-]"
+    assert isinstance(chem.process_smiles("CC(=O)[O-].[Na+]", keep_largest_fragment=False), str)
+
+
+def test_selfies_round_trip():
+    res = chem.process_smiles("c1ccccc1O")
+    assert chem.selfies_to_canonical(res.selfies) == res.smiles
+    assert "".join(res.tokens) == res.selfies
+
+
+def test_properties_match_rdkit():
+    from rdkit.Chem import QED, Descriptors
+
+    m = Chem.MolFromSmiles("CC(=O)Oc1ccccc1C(=O)O")
+    assert chem.qed("CC(=O)Oc1ccccc1C(=O)O") == pytest.approx(QED.qed(m))
+    assert chem.logp(m) == pytest.approx(Descriptors.MolLogP(m))
+    assert math.isnan(chem.qed("nonsense"))
+
+
+# ----------------------------------------------------------------------------- vocab
+
+def test_vocab_round_trip():
+    v = Vocabulary.build([["[C]", "[O]"], ["[N]", "[C]"]])
+    assert v.tokens[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    assert v.tokens[4:] == ["[C]", "[N]", "[O]"]
+    ids = v.encode(["[C]", "[O]", "[N]"])
+    assert v.decode(ids + [v.eos_id, 5]) == ["[C]", "[O]", "[N]"]
+    assert Vocabulary.from_list(v.to_list()) == v
+    with pytest.raises(VocabularyError, match=r"\[Br\]"):
+        v.encode(["[Br]"])
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_rejected_rows_keep_order_and_reason(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_text("name,SMILES\na,CCO\nb,not_a_smiles\nc,OCC\nd,c1ccccc1\ne,\n")
+    table = read_molecules(f)
+    assert list(table["row"]) == [1, 2, 3, 4, 5]
+    prep = prepare(table)
+    assert prep.smiles == ["CCO", "c1ccccc1"]
+    assert list(prep.rejected["row"]) == [2, 3, 5]
+    reasons = list(prep.rejected["reason"])
+    assert "parse" in reasons[0] and "duplicate of row 1" == reasons[1] and "empty" in reasons[2]
+    assert prep.n_duplicates == 1
+
+
+def test_max_len_rejects(tmp_path):
+    f = tmp_path / "m.smi"
+    f.write_text("CCO ethanol\nCCCCCCCCCCCCCCCCCCCC long\n")
+    prep = prepare(read_molecules(f), max_len=5)
+    assert prep.smiles == ["CCO"]
+    assert "longer than max_len 5" in prep.rejected["reason"].iloc[0]
+
+
+def test_missing_column_and_empty_file(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_text("a,b\n1,2\n")
+    with pytest.raises(InvalidInputError, match="no 'smiles' column"):
+        read_molecules(f)
+    e = tmp_path / "e.csv"
+    e.write_text("")
+    with pytest.raises(InvalidInputError, match="empty"):
+        read_molecules(e)
+
+
+def test_split_is_seeded_and_disjoint():
+    a = split_indices(100, 0.1, seed=3)
+    b = split_indices(100, 0.1, seed=3)
+    assert np.array_equal(a[0], b[0]) and len(a[1]) == 10
+    assert set(a[0]).isdisjoint(a[1]) and len(set(a[0]) | set(a[1])) == 100
+
+
+def test_bucketed_batches_cover_each_molecule_once():
+    lengths = np.random.default_rng(0).integers(5, 60, size=1000)
+    idx = np.arange(1000)
+    batches = bucket_batches(lengths, idx, 32, shuffle=True, rng=np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 10  # bucketing keeps lengths within a batch close
+
+
+# ----------------------------------------------------------------------------- model + training
+
+def test_loss_decreases_and_schedules():
+    cfg = tiny_train_config()
+    assert kl_weight_at(cfg.replace(kl_schedule="constant"), 0) == cfg.kl_weight
+    assert kl_weight_at(cfg, 0) == 0 and kl_weight_at(cfg, 1) == pytest.approx(0.5) and kl_weight_at(cfg, 5) == 1
+    cyc = cfg.replace(kl_schedule="cyclical", kl_warmup_epochs=2, kl_cycle_ratio=0.5)
+    assert kl_weight_at(cyc, 0.5) == pytest.approx(0.5) and kl_weight_at(cyc, 1.5) == 1 and kl_weight_at(cyc, 2.0) == 0
+    sig = cfg.replace(kl_schedule="sigmoid")
+    assert kl_weight_at(sig, 0) < 0.01 and kl_weight_at(sig, 1) == pytest.approx(0.5)
+
+
+def test_training_reduces_loss(tiny_run):
+    hist = tiny_run.history
+    assert len(hist) == 3
+    assert hist[-1]["train_recon"] < hist[0]["train_recon"]
+    for key in ("val_nelbo", "val_recon_acc", "active_units", "beta", "val_kl"):
+        assert key in hist[0]
+    run = tiny_run.run_dir
+    for name in ("model.pt", "checkpoint.pt", "config.json", "history.csv", "rejected.csv"):
+        assert (run / name).is_file(), name
+    assert (run.parent / "LATEST").read_text().strip() == run.name
+
+
+def test_model_file_is_weights_only(tiny_run):
+    data = torch.load(tiny_run.run_dir / "model.pt", weights_only=True)
+    assert data["format"] == "molvae-model"
+    assert data["vocab"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    assert {"molvae", "torch", "rdkit", "selfies", "python"} <= set(data["versions"])
+    assert data["metadata"]["data_hash"]
+
+
+def test_save_load_identical_outputs(tiny_model, tmp_path):
+    path = tiny_model.save(tmp_path / "m.pt")
+    again = MolVAE.load(path)
+    a = tiny_model.sample(20, seed=5)
+    b = again.sample(20, seed=5)
+    assert a.equals(b)
+    smi = ["CCOc1ccccc1", "CC(=O)Nc1ccc(O)cc1"]
+    za, _ = tiny_model.encode(smi)
+    zb, _ = again.encode(smi)
+    assert np.array_equal(za, zb)
+
+
+def test_sample_exact_n_valid_and_seeded(tiny_model):
+    a = tiny_model.sample(37, seed=1, batch_size=10)
+    assert len(a) == 37
+    for s in a["smiles"]:
+        assert Chem.MolFromSmiles(s) is not None and s
+    assert a.equals(tiny_model.sample(37, seed=1, batch_size=10))
+    assert not a.equals(tiny_model.sample(37, seed=2, batch_size=10))
+
+
+def test_encode_reports_rejects_in_order(tiny_model):
+    z, reasons = tiny_model.encode(["CCO", "garbage(", "[U]"])
+    assert z.shape == (3, 4)
+    assert np.isfinite(z[0]).all() and np.isnan(z[1]).all() and np.isnan(z[2]).all()
+    assert reasons[0] is None and "parse" in reasons[1] and "vocabulary" in reasons[2]
+
+
+def test_packed_loss_equals_padded_masked_loss():
+    """Loss over packed tokens equals cross-entropy on padded logits with padding masked."""
+    torch.manual_seed(0)
+    net = VAE(TINY_MODEL, 10)
+    net.eval()
+    tokens = torch.tensor([[4, 5, 6, 2], [7, 2, 0, 0], [4, 4, 2, 0]])
+    lengths = torch.tensor([4, 2, 3])
+    out = net(tokens, lengths, sample=False)
+    mu, _ = net.encode(tokens, lengths)
+    B, L = tokens.shape
+    inputs = torch.cat([torch.full((B, 1), net.bos_id), tokens[:, :-1]], 1)
+    x = torch.cat([net.embedding(inputs), mu.unsqueeze(1).expand(-1, L, -1)], -1)
+    y, _ = net.decoder_rnn(x, net.initial_hidden(mu))
+    ce = torch.nn.functional.cross_entropy(net.output(y).transpose(1, 2), tokens, reduction="none")
+    mask = torch.arange(L)[None] < lengths[:, None]
+    expected = (ce * mask).sum(1)
+    assert torch.allclose(out.recon, expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_train_then_generate(tmp_path, small_csv, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", str(small_csv), "--epochs", "1", "--hidden-dim", "16",
+                               "--decoder-hidden-dim", "16", "--latent-dim", "4", "--embedding-dim", "8",
+                               "--no-progress", "--n-jobs", "1"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs" / "LATEST").is_file()
+    res = runner.invoke(main, ["generate", "--n", "25", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    lines = [l for l in res.stdout.splitlines() if l]
+    assert len(lines) == 25
+    res = runner.invoke(main, ["generate", "--n", "25", "--out", "g.csv", "--seed", "3"])
+    df = pd.read_csv(tmp_path / "g.csv", keep_default_na=False)
+    assert list(df.columns) == ["smiles", "selfies", "valid"] and len(df) == 25 and df["valid"].all()
+    assert df["smiles"].tolist() == lines
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "missing.csv"], "no such file"),
+    (["generate", "--n", "5", "--model", "nope.pt"], "no such model"),
+    (["generate", "--n", "5"], "no model found"),
+])
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1
+    assert needle in res.output
+    assert "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_cli_missing_column(tmp_path):
+    f = tmp_path / "x.csv"
+    f.write_text("a,b\nCCO,1\n")
+    res = CliRunner().invoke(main, ["train", str(f), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "--smiles-column" in res.output and "Traceback" not in res.output
