@@ -101,6 +101,7 @@ class TrainConfig(_ConfigMixin):
     recon_eval_size: int = 500       # validation molecules decoded for reconstruction accuracy
     property_weight: float = 1.0     # weight of the property head's loss
     num_threads: int | None = None   # CPU threads for torch (None = torch's default)
+    max_time_minutes: float | None = None  # stop (after validating and saving) once training took this long
     max_bad_steps: int = 20          # consecutive non-finite steps before the run stops
     show_progress: bool = True
     extra: dict = field(default_factory=dict)  # free-form notes recorded with the run

@@ -413,6 +413,7 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
     elapsed_before = float(history[-1]["elapsed_s"]) if history else 0.0
     consecutive_bad = 0
     stopped_early = False
+    time_up = False
     net.train()
     try:
         for epoch in range(start_epoch, tc.epochs):
@@ -485,6 +486,12 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
                                     kl=f"{float(kl_acc_t) / n_acc:.2f}", beta=f"{beta:.3f}")
                 if tc.checkpoint_every and global_step % tc.checkpoint_every == 0:
                     save_resumable(epoch, bi + 1)
+                if tc.max_time_minutes and elapsed_before + time.perf_counter() - t_start > 60 * tc.max_time_minutes:
+                    time_up = bi + 1 < len(batches)
+                    stop_at = bi + 1
+                    log.info("time limit of %.1f minutes reached at epoch %d, step %d", tc.max_time_minutes,
+                             epoch + 1, global_step)
+                    break
                 if stop["flag"]:
                     save_resumable(epoch, bi + 1)
                     raise TrainingInterrupted(
@@ -528,7 +535,14 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             else:
                 bad_epochs += 1
             _write_history(run, history)
+            if time_up:
+                save_resumable(epoch, stop_at)
+                stopped_early = True
+                break
             save_resumable(epoch + 1, 0)
+            if tc.max_time_minutes and elapsed_before + time.perf_counter() - t_start > 60 * tc.max_time_minutes:
+                stopped_early = True
+                break
             if tc.early_stopping and bad_epochs >= tc.early_stopping:
                 log.info("early stopping: no validation improvement in %d epochs", bad_epochs)
                 stopped_early = True

@@ -17,7 +17,7 @@ _MAP = {
     "free_bits": ("train", "free_bits"), "word_dropout": ("train", "word_dropout"),
     "grad_clip": ("train", "grad_clip"), "device": ("train", "device"), "amp": ("train", "amp"),
     "early_stopping": ("train", "early_stopping"), "checkpoint_every": ("train", "checkpoint_every"),
-    "threads": ("train", "num_threads"),
+    "threads": ("train", "num_threads"), "max_time": ("train", "max_time_minutes"),
     "embedding_dim": ("model", "embedding_dim"), "hidden_dim": ("model", "hidden_dim"),
     "encoder_layers": ("model", "encoder_layers"), "bidirectional": ("model", "bidirectional"),
     "decoder_hidden_dim": ("model", "decoder_hidden_dim"), "decoder_layers": ("model", "decoder_layers"),
@@ -60,6 +60,8 @@ _MAP = {
 @click.option("--dropout", type=float, callback=fraction, help="Dropout between stacked GRU layers [0].")
 @click.option("--device", help="auto | cpu | cuda | cuda:N [auto].")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA [on].")
+@click.option("--max-time", type=float, callback=positive_float,
+              help="Stop after this many minutes of training (validates and saves first).")
 @click.option("--threads", type=int, callback=positive_int, help="CPU threads for torch.")
 @click.option("--n-jobs", type=int, default=0, show_default=True, help="Processes for preprocessing (0 = all cores).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
