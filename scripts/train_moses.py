@@ -19,21 +19,31 @@ from pathlib import Path
 import pandas as pd
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split a command line at the first ``--``: ``(this script's options, molvae train options)``."""
     if "--" in argv:
         cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of this script (those before ``--``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("train_csv", help="MOSES train.csv.gz (column SMILES)")
     ap.add_argument("--n-molecules", type=int, default=0, help="seeded random subset size (0 = all)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the subset and of training")
     ap.add_argument("--out", default="runs/moses-small", help="run folder")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv, extra = split_argv(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
 
     data = Path(args.train_csv)
     if args.n_molecules:
+        # pandas' seeded sample: the same (file, n, seed) always gives the same subset.
         df = pd.read_csv(data)
         df = df.sample(n=min(args.n_molecules, len(df)), random_state=args.seed)
         subset = Path(args.out).with_suffix("").parent / f"moses_train_{args.n_molecules}_seed{args.seed}.csv"

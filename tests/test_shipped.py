@@ -1,0 +1,197 @@
+"""The model that ships with molvae (``molvae/models/moses-small.pt``), its card and ``molvae models``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import selfies as sf
+import torch
+from click.testing import CliRunner
+
+import molvae.core
+from molvae import MolVAE, Vocabulary, chem
+from molvae.checkpoint import FORMAT_NAME
+from molvae.cli import main
+from molvae.cli.models import describe_model
+from molvae.core import DEFAULT_SHIPPED, SHIPPED_MODELS_DIR, find_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = SHIPPED_MODELS_DIR / f"{DEFAULT_SHIPPED}.pt"
+CARD = SHIPPED_MODELS_DIR / "README.md"
+
+needs_shipped = pytest.mark.skipif(
+    not SHIPPED.is_file(),
+    reason=f"{SHIPPED} not there yet: it is added when the MOSES training run (scripts/train_moses.py) finishes")
+needs_card = pytest.mark.skipif(not CARD.is_file(), reason=f"model card {CARD} not written yet")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> MolVAE:
+    torch.set_num_threads(2)
+    return MolVAE.load(DEFAULT_SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def samples(shipped):
+    return shipped.sample(200, seed=0)
+
+
+# ---------------------------------------------------------------------------- the shipped file
+@needs_shipped
+def test_shipped_file_loads_weights_only_and_is_small():
+    data = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    assert data["format"] == FORMAT_NAME
+    assert isinstance(data["state_dict"], dict) and data["state_dict"]
+    assert all(isinstance(t, torch.Tensor) for t in data["state_dict"].values())
+    assert SHIPPED.stat().st_size <= 10 * 1024 * 1024
+
+
+@needs_shipped
+def test_shipped_model_is_found_by_name_and_by_default(tmp_path, monkeypatch):
+    assert find_model(DEFAULT_SHIPPED)[0] == SHIPPED
+    monkeypatch.chdir(tmp_path)  # no ./runs here
+    path, how = find_model(None)
+    assert path == SHIPPED and "shipped" in how
+
+
+@needs_shipped
+def test_shipped_samples_are_valid_and_unique(samples):
+    assert len(samples) == 200
+    assert samples["valid"].all(), samples.loc[~samples["valid"], "selfies"].head().tolist()
+    assert all(chem.to_mol(s) is not None for s in samples["smiles"])
+    assert samples["smiles"].nunique() >= 0.95 * 200
+
+
+@needs_shipped
+def test_recorded_vocabulary_decodes_the_samples(samples):
+    data = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    vocab = Vocabulary.from_list(data["vocab"])
+    for smiles, selfies in zip(samples["smiles"], samples["selfies"]):
+        tokens = list(sf.split_selfies(selfies))
+        assert vocab.unknown(tokens) == [], selfies
+        ids = vocab.encode(tokens)
+        assert vocab.decode_selfies(ids) == selfies
+        assert chem.selfies_to_canonical(vocab.decode_selfies(ids)) == smiles
+
+
+@needs_shipped
+def test_generate_without_model_uses_the_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["generate", "--n", "30", "--seed", "1", "--out", "gen.csv"])
+    assert result.exit_code == 0, result.output
+    assert f"shipped model '{DEFAULT_SHIPPED}'" in result.stderr
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "gen.csv")
+    assert len(table) == 30 and table["valid"].all()
+
+
+@needs_shipped
+def test_models_command_lists_the_shipped_model():
+    result = CliRunner().invoke(main, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    infos = json.loads(result.stdout)
+    (info,) = [i for i in infos if i["name"] == DEFAULT_SHIPPED]
+    data = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    assert info["n_parameters"] == sum(t.numel() for t in data["state_dict"].values())
+    assert info["size_bytes"] == SHIPPED.stat().st_size
+    assert info["epochs"] == len(data["history"]) and info["epochs"] >= 1
+
+
+# ---------------------------------------------------------------------------- the model card
+def _card_command() -> list[str]:
+    text = CARD.read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S)
+    commands = [b for b in blocks if "scripts/train_moses.py" in b]
+    assert commands, "the model card has no code block with the scripts/train_moses.py command"
+    return shlex.split(commands[0].replace("\\\n", " "))
+
+
+def _train_moses_module():
+    spec = importlib.util.spec_from_file_location("train_moses", ROOT / "scripts" / "train_moses.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_card
+def test_card_command_parses():
+    from molvae.cli.train import train_cmd
+
+    argv = _card_command()
+    assert argv[:2] == ["python", "scripts/train_moses.py"]
+    script = _train_moses_module()
+    ours, theirs = script.split_argv(argv[2:])
+    args = script.build_parser().parse_args(ours)  # exits (SystemExit) on an unknown option
+    assert args.n_molecules > 0 and "moses" in args.train_csv
+    ctx = train_cmd.make_context("train", ["data.csv", *theirs])  # click.UsageError on a bad option
+    assert ctx.params["epochs"] is not None
+
+
+@needs_card
+@needs_shipped
+def test_card_command_matches_the_shipped_model():
+    """Every setting in the card's command is what the shipped model file records."""
+    from molvae.cli.train import _MAP, train_cmd
+
+    script = _train_moses_module()
+    ours, theirs = script.split_argv(_card_command()[2:])
+    args = script.build_parser().parse_args(ours)
+    params = train_cmd.make_context("train", ["data.csv", *theirs]).params
+    data = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    stored = {"model": data["model_config"], "train": data["train_config"]}
+    assert stored["train"]["seed"] == args.seed
+    assert data["metadata"]["n_input"] == args.n_molecules
+    checked = 0
+    for key, value in params.items():
+        if value is None or key not in _MAP:
+            continue
+        table, field = _MAP[key]
+        assert stored[table][field] == value, (key, value, stored[table][field])
+        checked += 1
+    assert checked >= 5
+
+
+@needs_card
+def test_card_names_data_seed_hardware_and_metrics():
+    text = CARD.read_text(encoding="utf-8")
+    for needle in ("MOSES", "MIT", "seed", "CPU", "molvae", "FCD/Test", "Novelty"):
+        assert needle in text, needle
+
+
+# ---------------------------------------------------------------------------- listing, any model
+def test_models_command_lists_a_model_in_the_models_folder(tmp_path, monkeypatch, tiny_run):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(tiny_run.run_dir / "model.pt", folder / "tiny.pt")
+    (folder / "tiny.metrics.json").write_text(json.dumps({"n_samples": 10, "row": {"valid": 1.0, "FCD/Test": 9.5}}))
+    monkeypatch.setattr(molvae.core, "SHIPPED_MODELS_DIR", folder)
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "tiny" in result.stdout and "FCD/Test 9.500" in result.stdout
+    info = describe_model("tiny", folder / "tiny.pt")
+    assert info["n_parameters"] == tiny_run.model.net.n_parameters()
+    assert info["epochs"] == len(tiny_run.history)
+    assert info["training_data"] == "small.csv" and info["n_molecules"] == len(tiny_run.prepared)
+    # and --model NAME selects it
+    assert find_model("tiny")[0] == folder / "tiny.pt"
+
+
+def test_models_command_with_nothing_shipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(molvae.core, "SHIPPED_MODELS_DIR", tmp_path / "none")
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0
+    assert "no shipped models" in result.stderr
+
+
+def test_unknown_model_name_is_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["generate", "--n", "3", "--model", "no-such-model"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: no-such-model: no such model file") and "Traceback" not in result.output
