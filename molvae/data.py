@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 TABLE_SUFFIXES = {".csv", ".tsv"}
 LINE_SUFFIXES = {".smi", ".txt", ".smiles"}
 SDF_SUFFIXES = {".sdf", ".sd", ".mol"}
+READ_ERROR = "_read_error"   # column of read_molecules' table: why a record could not be read ('' if it could)
 
 
 def _suffix(path: Path) -> tuple[str, bool]:
@@ -84,11 +85,24 @@ def find_smiles_column(columns: Sequence[str], requested: str | None = None, *, 
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise InvalidInputError(f"{source}: several SMILES columns {matches}; choose one with --smiles-column")
+        raise InvalidInputError(
+            f"{source}: ambiguous SMILES column: several columns are named 'smiles' ({matches}); "
+            "choose one with --smiles-column")
+    # No exact 'smiles': one column whose name contains it (canonical_smiles) is taken,
+    # several (PubChem's CanonicalSMILES and IsomericSMILES) are ambiguous.
+    like = [c for c in columns if "smiles" in c.lower()]
+    if len(like) == 1:
+        log.info("%s: using column %r for SMILES", source, like[0])
+        return like[0]
+    if len(like) > 1:
+        raise InvalidInputError(
+            f"{source}: ambiguous SMILES column: several columns look like SMILES ({like}); "
+            "choose one with --smiles-column")
     if len(columns) == 1:
         return columns[0]
     raise InvalidInputError(
-        f"{source}: no 'smiles' column among {columns}; name the column with --smiles-column")
+        f"{source}: no 'smiles' column among {columns}; expected a column named 'smiles', "
+        "or name the SMILES column with --smiles-column")
 
 
 def read_molecules(path: str | os.PathLike, smiles_column: str | None = None) -> pd.DataFrame:
@@ -130,6 +144,18 @@ def _read_table(path: Path, text: str, sep: str, smiles_column: str | None) -> p
         raise InvalidInputError(f"{path}: the file is empty; expected a header row and SMILES") from None
     except pd.errors.ParserError as exc:
         raise InvalidInputError(f"{path}: not a valid CSV table ({str(exc).strip().splitlines()[-1]})") from None
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas takes the extra leading fields of rows longer than the header as an
+        # index, which would shift every value into the wrong column.
+        raise InvalidInputError(
+            f"{path}: row 1 has more fields than the {len(df.columns)} columns of the header {list(df.columns)}; "
+            "expected one value per column (quote fields that contain the separator)")
+    if (smiles_column is None and len(df.columns) == 1 and "smiles" not in str(df.columns[0]).lower()
+            and chem.to_mol(str(df.columns[0])) is not None):
+        # A one-column file without a header: its first line is a molecule, not a column name.
+        log.info("%s: no header row (the first line %r is a SMILES)", path, str(df.columns[0]))
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=True,
+                         header=None, names=["smiles"])
     col = find_smiles_column(list(df.columns), smiles_column, source=str(path))
     if len(df) == 0:
         raise InvalidInputError(f"{path}: has a header but no rows; expected at least one SMILES")
@@ -166,7 +192,7 @@ def _read_sdf(path: Path, compressed: bool) -> pd.DataFrame:
     from rdkit import Chem
 
     handle = gzip.open(path, "rb") if compressed else open(path, "rb")
-    rows, inputs, names = [], [], []
+    rows, inputs, names, errors = [], [], [], []
     with handle, chem.quiet_rdkit():
         supplier = Chem.ForwardSDMolSupplier(handle, sanitize=True)
         for i, mol in enumerate(supplier, start=1):
@@ -174,14 +200,18 @@ def _read_sdf(path: Path, compressed: bool) -> pd.DataFrame:
             if mol is None:
                 inputs.append("")
                 names.append("")
+                errors.append(f"SD record {i} could not be read by RDKit (bad atom block, valence or aromaticity)")
             else:
                 inputs.append(Chem.MolToSmiles(mol))
                 names.append(mol.GetProp("_Name") if mol.HasProp("_Name") else "")
+                errors.append("")
     if not rows:
         raise InvalidInputError(f"{path}: no molecule records; expected an SD file")
     out = pd.DataFrame({"row": rows, "input": inputs})
     if any(names):
         out["name"] = names
+    if any(errors):
+        out[READ_ERROR] = errors  # prepare() rejects these rows with this reason
     return out
 
 
@@ -331,7 +361,11 @@ def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int 
     keep_idx: list[int] = []
     kept: list[chem.ProcessedMolecule] = []
     n_dup = 0
+    read_errors = table[READ_ERROR].tolist() if READ_ERROR in table.columns else None
     for i, res in enumerate(results):
+        if read_errors is not None and read_errors[i]:
+            rejected.append((int(rows[i]), inputs[i], read_errors[i]))
+            continue
         if isinstance(res, str):
             rejected.append((int(rows[i]), inputs[i], res))
             continue
@@ -361,6 +395,18 @@ def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int 
     if property_columns:
         props = pd.DataFrame({c: pd.to_numeric(table[c].iloc[keep_idx], errors="coerce").to_numpy(dtype=float)
                               for c in property_columns})
+        props = props.where(np.isfinite(props))  # inf and text count as missing: masked, not learned
+        kept_rows = rows[keep_idx]
+        for c in property_columns:
+            gaps = kept_rows[props[c].isna().to_numpy()]
+            if len(gaps) and len(gaps) == len(props):
+                raise InvalidInputError(
+                    f"property column {c!r} has no numeric value in any of the {len(props)} kept rows; "
+                    "expected numbers (empty cells are allowed and masked)")
+            if len(gaps):
+                shown = ", ".join(str(int(r)) for r in gaps[:10]) + (", ..." if len(gaps) > 10 else "")
+                log.warning("property %r: %d of %d rows have no numeric value (rows %s); they train without "
+                            "a %r target", c, len(gaps), len(props), shown, c)
     rejected_df = pd.DataFrame(rejected, columns=["row", "input", "reason"])
     return PreparedData(
         smiles=[m.smiles for m in kept],
