@@ -204,6 +204,8 @@ def _rng_state() -> dict[str, Any]:
         state["cuda"] = torch.cuda.get_rng_state_all()
     py = random.getstate()
     state["python"] = [py[0], list(py[1]), py[2]]
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
     return state
 
 
@@ -214,6 +216,24 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if "python" in state:
         v, internal, gauss = state["python"]
         random.setstate((v, tuple(internal), gauss))
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _all_finite(net: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in net.parameters())
+
+
+def _remove_stale_temp_files(run: Path) -> None:
+    """Delete temp files of atomic writes that a killed process left in ``run``."""
+    for name in ("checkpoint.pt", "model.pt", "history.csv", "config.json"):
+        for tmp in run.glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted write", tmp)
+            except OSError:
+                pass
 
 
 def _write_history(run: Path, history: list[dict[str, Any]]) -> None:
@@ -253,11 +273,17 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
         if not ckpt_path.is_file():
             raise CheckpointError(f"{run}: no checkpoint.pt to resume from")
         state = load_checkpoint(ckpt_path)
-        if "training_state" not in state:
+        if not isinstance(state.get("training_state"), dict):
             raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
-        model_config = ModelConfig.from_dict(dict(state["model_config"]))
-        train_config = TrainConfig.from_dict(dict(state["train_config"]))
+        # Validates config, vocabulary and every weight's shape and finiteness before use.
+        MolVAE.from_payload(state, ckpt_path)
+        try:
+            model_config = ModelConfig.from_dict(dict(state["model_config"]))
+            train_config = TrainConfig.from_dict(dict(state["train_config"]))
+        except Exception as exc:
+            raise CheckpointError(f"{ckpt_path}: invalid stored configuration ({exc})") from None
         ts = state["training_state"]
+        _remove_stale_temp_files(run)
         if data is None:
             data = ts.get("data_path")
             if not data or not Path(data).exists():
@@ -345,16 +371,26 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
     history: list[dict[str, Any]] = []
     start_epoch, start_batch, global_step = 0, 0, 0
     best_val, bad_epochs = math.inf, 0
+    resumed_sums: dict[str, Any] | None = None
+    resumed_bad = 0
     if state is not None:
         ts = state["training_state"]
-        net.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(ts["optimizer"])
-        if scaler is not None and ts.get("scaler"):
-            scaler.load_state_dict(ts["scaler"])
-        start_epoch, start_batch, global_step = int(ts["epoch"]), int(ts["batch"]), int(ts["global_step"])
-        best_val, bad_epochs = float(ts["best_val"]), int(ts["bad_epochs"])
-        history = list(state.get("history") or [])
-        _set_rng_state(ts["rng"])
+        try:
+            net.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(ts["optimizer"])
+            if scaler is not None and ts.get("scaler"):
+                scaler.load_state_dict(ts["scaler"])
+            start_epoch, start_batch, global_step = int(ts["epoch"]), int(ts["batch"]), int(ts["global_step"])
+            best_val, bad_epochs = float(ts["best_val"]), int(ts["bad_epochs"])
+            history = list(state.get("history") or [])
+            resumed_sums = ts.get("epoch_sums") if start_batch else None
+            resumed_bad = int(ts.get("consecutive_bad") or 0)
+            _set_rng_state(ts["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(
+                f"{ckpt_path}: training state is incomplete or does not match the model "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})"
+            ) from None
         log.info("resuming %s at epoch %d, batch %d", run, start_epoch + 1, start_batch)
 
     metadata = {
@@ -386,9 +422,20 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             "best_val": best_val, "bad_epochs": bad_epochs,
             "rng": _rng_state(), "data_path": data_path, "data_hash": source_hash,
             "smiles_column": smiles_column, "property_columns": list(property_columns),
+            "consecutive_bad": consecutive_bad,
+            # Running sums of the unfinished epoch, so a resumed epoch reports the same training loss.
+            "epoch_sums": None if batch == 0 else {
+                "recon": recon_acc_t.detach().cpu().clone(), "kl": kl_acc_t.detach().cpu().clone(),
+                "loss": loss_acc_t.detach().cpu().clone(), "n": n_acc, "prop": sums["prop"],
+                "skipped": sums["skipped"], "beta": beta},
         }
 
     def save_resumable(epoch: int, batch: int) -> None:
+        if not _all_finite(net):
+            # Never replace the last good checkpoint with broken weights.
+            log.warning("weights hold NaN or infinite values: checkpoint not written, %s keeps the last good one",
+                        run / "checkpoint.pt")
+            return
         model.train_config, model.history, model.metadata = tc, history, metadata
         save_checkpoint(run / "checkpoint.pt", {**model.payload(), "training_state": training_state(epoch, batch)})
 
@@ -411,7 +458,7 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
     steps_per_epoch = max(1, math.ceil(len(train_idx) / tc.batch_size))
     t_start = time.perf_counter()
     elapsed_before = float(history[-1]["elapsed_s"]) if history else 0.0
-    consecutive_bad = 0
+    consecutive_bad = resumed_bad
     stopped_early = False
     time_up = False
     net.train()
@@ -430,6 +477,13 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{tc.epochs}",
                        disable=not tc.show_progress, leave=False, dynamic_ncols=True)
             beta = kl_weight_at(tc, epoch + first / len(batches))
+            if first and resumed_sums is not None:
+                recon_acc_t = resumed_sums["recon"].to(device)
+                kl_acc_t = resumed_sums["kl"].to(device)
+                loss_acc_t = resumed_sums["loss"].to(device)
+                n_acc = int(resumed_sums["n"])
+                sums["prop"], sums["skipped"] = float(resumed_sums["prop"]), int(resumed_sums["skipped"])
+                beta = float(resumed_sums["beta"])
             for bi in range(first, len(batches)):
                 idx = batches[bi]
                 b = prepared.tokens.batch(idx, vocab.eos_id, vocab.pad_id)
@@ -498,7 +552,8 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
                         f"interrupted at epoch {epoch + 1}, step {global_step}; checkpoint saved, "
                         f"continue with: molvae train --resume {run}")
             bar.close()
-            n_tr = max(n_acc, 1)
+            # An epoch whose every step was skipped has no training loss (NaN, not 0).
+            n_tr = n_acc if n_acc else math.nan
             train_recon, train_kl = float(recon_acc_t) / n_tr, float(kl_acc_t) / n_tr
             train_loss = float(loss_acc_t) / n_tr
             # ---- validation
@@ -528,7 +583,7 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             score = val["nelbo"] if math.isfinite(val["nelbo"]) else train_loss
             # β is still rising during warm-up, so compare ELBOs only once it has settled
             # would be stricter; we keep the best true (β=1) validation ELBO at any time.
-            if score < best_val:
+            if score < best_val and _all_finite(net):
                 best_val, bad_epochs = score, 0
                 model.train_config, model.history, model.metadata = tc, history, metadata
                 model.save(run / "model.pt")
@@ -540,6 +595,10 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
                 stopped_early = True
                 break
             save_resumable(epoch + 1, 0)
+            if stop["flag"]:  # Ctrl-C during validation: the epoch-end checkpoint is already written
+                raise TrainingInterrupted(
+                    f"interrupted after epoch {epoch + 1}, step {global_step}; checkpoint saved, "
+                    f"continue with: molvae train --resume {run}")
             if tc.max_time_minutes and elapsed_before + time.perf_counter() - t_start > 60 * tc.max_time_minutes:
                 stopped_early = True
                 break

@@ -17,6 +17,7 @@ _MAP = {
     "free_bits": ("train", "free_bits"), "word_dropout": ("train", "word_dropout"),
     "grad_clip": ("train", "grad_clip"), "device": ("train", "device"), "amp": ("train", "amp"),
     "early_stopping": ("train", "early_stopping"), "checkpoint_every": ("train", "checkpoint_every"),
+    "max_bad_steps": ("train", "max_bad_steps"),
     "threads": ("train", "num_threads"), "max_time": ("train", "max_time_minutes"),
     "embedding_dim": ("model", "embedding_dim"), "hidden_dim": ("model", "hidden_dim"),
     "encoder_layers": ("model", "encoder_layers"), "bidirectional": ("model", "bidirectional"),
@@ -50,6 +51,8 @@ _MAP = {
 @click.option("--grad-clip", type=float, callback=positive_float, help=f"Gradient norm clip [{TrainConfig.grad_clip}].")
 @click.option("--early-stopping", type=int, callback=positive_int, help="Stop after N epochs without improvement.")
 @click.option("--checkpoint-every", type=int, callback=non_negative_int, help="Also checkpoint every N steps.")
+@click.option("--max-bad-steps", type=int, callback=positive_int,
+              help=f"Stop after this many consecutive non-finite steps [{TrainConfig.max_bad_steps}].")
 @click.option("--embedding-dim", type=int, callback=positive_int, help=f"[{ModelConfig.embedding_dim}]")
 @click.option("--hidden-dim", type=int, callback=positive_int, help=f"Encoder GRU size [{ModelConfig.hidden_dim}].")
 @click.option("--encoder-layers", type=int, callback=positive_int, help=f"[{ModelConfig.encoder_layers}]")
