@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
@@ -67,6 +70,12 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def plain(obj: Any, where: str = "payload") -> Any:
@@ -114,14 +123,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: model file is empty")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of hand-made files; the outcome is reported below.
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "weights_only" in str(exc) or "global" in str(exc).lower():
+        text = str(exc)
+        found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
+        if found or "global" in text.lower():
+            what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
-                f"{path}: refused: the file contains pickled Python objects, not only data and tensors; "
-                "molvae model files never do, so it was not loaded") from None
-        raise CheckpointError(f"{path}: corrupt model file ({first})") from None
+                f"{path}: refused: the file contains pickled Python objects{what}, not only data and tensors; "
+                "molvae model files never do, so it was not loaded and nothing in it was run") from None
+        # torch's own wording is about its defaults; keep only the unpickler's reason.
+        inner = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+        reason = " ".join((inner.group(1) if inner else text.strip().splitlines()[0] if text.strip() else "").split())
+        raise CheckpointError(
+            f"{path}: truncated or corrupt model file, or not one written by molvae "
+            f"(unpickling failed: {reason[:200]}); it was not loaded") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or corrupt model file ({msg[:200]})") from None

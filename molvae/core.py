@@ -185,11 +185,16 @@ class MolVAE:
                 train_config = TrainConfig.from_dict(dict(data["train_config"]))
             except Exception as exc:
                 raise CheckpointError(f"{where}: invalid stored training config ({exc})") from None
-        net = VAE(config, len(vocab))
+        # Shapes come from a network on the meta device (no memory), so a crafted config with
+        # enormous sizes is refused by the shape check instead of allocating them.
+        try:
+            with torch.device("meta"):
+                expected = VAE(config, len(vocab)).state_dict()
+        except Exception as exc:
+            raise CheckpointError(f"{where}: stored config does not describe a valid network ({exc})") from None
         state = data["state_dict"]
         if not isinstance(state, dict):
             raise CheckpointError(f"{where}: state_dict is not a mapping of tensors")
-        expected = net.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -200,8 +205,11 @@ class MolVAE:
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(v.shape):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise CheckpointError(f"{where}: weight {k} has shape {got}, expected {tuple(v.shape)}")
+            if v.is_floating_point() and not t.is_floating_point():
+                raise CheckpointError(f"{where}: weight {k} has dtype {t.dtype}, expected a floating-point tensor")
             if not torch.isfinite(t).all():
                 raise CheckpointError(f"{where}: weight {k} holds NaN or infinite values")
+        net = VAE(config, len(vocab))
         net.load_state_dict(state)
         net.eval()
         return cls(net, vocab, train_config=train_config, history=list(data.get("history") or []),
