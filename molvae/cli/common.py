@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -29,6 +33,28 @@ def load_model(spec: str | None, device: str = "auto", announce: bool = True) ->
     if announce:
         click.echo(f"using {how} ({path})", err=True)
     return model
+
+
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator[dict[str, bool]]:
+    """Turn the first Ctrl-C/SIGTERM into ``flag["stop"] = True`` for a loop to check between
+    batches, so output is never cut mid-row; a second one interrupts at once."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def positive_int(ctx, param, value):

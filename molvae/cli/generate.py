@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 
 import click
 
 from . import main
-from .common import device_option, load_model, model_option, positive_float, positive_int
+from .common import device_option, load_model, model_option, positive_float, positive_int, stop_on_interrupt
 
 
 def _read_reference(path: str) -> set[str]:
@@ -39,10 +40,20 @@ def _read_reference(path: str) -> set[str]:
 @click.option("--unique", is_flag=True, help="Sample until N distinct molecules (capped at 50×N draws).")
 @click.option("--novel-vs", type=click.Path(dir_okay=False, exists=True),
               help="Keep only molecules absent from this file (e.g. the training set).")
+@click.option("--properties", is_flag=True, help="Add QED, logP, SA, MW and heavy-atom columns (CSV output).")
+@click.option("--grid", type=click.Path(dir_okay=False),
+              help="Also draw the first 50 valid molecules, with their QED, as a grid image (.png or .svg).")
 @device_option
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [on for N > 5000].")
-def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, unique, novel_vs, device, progress):
-    """Sample N molecules from the prior z ~ N(0, I) and decode them to canonical SMILES."""
+def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, unique, novel_vs, properties, grid,
+                 device, progress):
+    """Sample N molecules from the prior z ~ N(0, I) and decode them to canonical SMILES.
+
+    Molecules are written in batches as they are made (memory stays flat for any N); Ctrl-C
+    stops after the current batch, leaving only complete rows.
+    """
+    import contextlib
+
     from tqdm.auto import tqdm
 
     from ..errors import InvalidInputError
@@ -60,15 +71,28 @@ def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, uniq
         fmt = "csv" if suffix == ".csv" else "smi"
         out_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(out_path, "w", newline="", encoding="utf-8") if out_path else sys.stdout
-    writer = csv.writer(handle) if (out_path and fmt == "csv") else None
-    if writer:
-        writer.writerow(["smiles", "selfies", "valid"])
+    as_csv = out_path is not None and fmt == "csv"
+    if properties and not as_csv:
+        if out_path:
+            handle.close()
+        raise click.BadParameter("property columns go into a CSV: use --out FILE.csv", param_hint="--properties")
+    from ..sample import PROPERTY_COLUMNS
+
+    grid_smiles: list[str] = []
+    if as_csv:
+        handle.write(",".join(("smiles", "selfies", "valid") + (PROPERTY_COLUMNS if properties else ())) + "\r\n")
     seen: set[str] = set()
     written = draws = 0
     show = progress if progress is not None else n > 5000
     bar = tqdm(total=n, desc="generate", unit="mol", disable=not show, file=sys.stderr)
-    try:
-        while written < n and draws < max_draws:
+    # Each batch is formatted first and written with one call, and Ctrl-C is acted on only between
+    # batches: the file holds complete rows at every moment a clean exit can happen.
+    with contextlib.ExitStack() as stack:
+        interrupt = stack.enter_context(stop_on_interrupt())
+        stack.callback(bar.close)
+        if out_path:
+            stack.callback(handle.close)
+        while written < n and draws < max_draws and not interrupt["stop"]:
             want = min(batch_size, max_draws - draws) if filtering else n - written
             for chunk in model.iter_samples(want, temperature=temperature, greedy=greedy,
                                             seed=None if seed is None else seed + draws, batch_size=batch_size):
@@ -82,21 +106,38 @@ def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, uniq
                     lines.append((smi, sel, valid))
                     if written + len(lines) >= n:
                         break
-                if writer:
-                    writer.writerows(lines)
+                if grid and len(grid_smiles) < 50:
+                    grid_smiles.extend(s for s, _, v in lines[:50] if v)
+                if as_csv:
+                    buf = io.StringIO()
+                    if properties:
+                        from ..chem import compute_properties
+
+                        props = compute_properties([s for s, _, _ in lines], PROPERTY_COLUMNS)
+                        lines = [row + tuple(f"{props[c][i]:.6g}" if props[c][i] == props[c][i] else ""
+                                             for c in PROPERTY_COLUMNS) for i, row in enumerate(lines)]
+                    csv.writer(buf).writerows(lines)
+                    text = buf.getvalue()
                 else:
-                    handle.write("".join(f"{s}\n" for s, _, _ in lines))
+                    text = "".join(f"{s}\n" for s, _, _ in lines)
+                handle.write(text)
                 handle.flush()
                 written += len(lines)
                 bar.update(len(lines))
-                if written >= n:
+                if written >= n or interrupt["stop"]:
                     break
-    finally:
-        bar.close()
-        if out_path:
-            handle.close()
+    if interrupt["stop"]:
+        where = f"{out_path} holds" if out_path else "wrote"
+        click.echo(f"Error: interrupted: {where} {written} complete molecules of the {n} asked for", err=True)
+        sys.exit(130)
     if out_path:
         click.echo(f"wrote {written} molecules to {out_path}", err=True)
+    if grid and grid_smiles:
+        from ..chem import qed
+        from ..plots import molecule_grid
+
+        molecule_grid(grid_smiles[:50], [f"QED {qed(s):.2f}" for s in grid_smiles[:50]], grid)
+        click.echo(f"wrote a grid of {min(len(grid_smiles), 50)} molecules to {grid}", err=True)
     if written < n:
         what = "unique" if exclude is None else "unique novel"
         raise InvalidInputError(f"only {written} {what} molecules after {draws} draws (asked for {n}); "
