@@ -72,6 +72,28 @@ def to_mol(smiles: str | None) -> Chem.Mol | None:
             return None
 
 
+def parse_error(smiles: str) -> str:
+    """Why RDKit rejects ``smiles``, in a few words (only called on failure)."""
+    smiles = smiles.strip()
+    with quiet_rdkit():
+        try:
+            mol = Chem.MolFromSmiles(smiles, sanitize=False)
+        except Exception:
+            mol = None
+        if mol is None:
+            return "syntax error: unmatched ring bond or branch, unknown element or bad bracket atom"
+        try:
+            Chem.SanitizeMol(mol)
+        except Chem.KekulizeException:
+            return "aromatic ring cannot be kekulized; write the ring in Kekulé form or add the missing [nH]"
+        except Chem.AtomValenceException as exc:
+            detail = " ".join(str(exc).split())
+            return f"impossible valence: {detail}"
+        except Exception as exc:
+            return " ".join(str(exc).split())[:120] or type(exc).__name__
+    return "unknown RDKit error"
+
+
 _fragment_chooser = None
 
 
@@ -148,7 +170,7 @@ def process_smiles(smiles: str | None, *, keep_largest_fragment: bool = True
         return "empty SMILES"
     mol = to_mol(smiles)
     if mol is None:
-        return "RDKit could not parse the SMILES"
+        return f"RDKit could not parse the SMILES ({parse_error(smiles)})"
     if mol.GetNumAtoms() == 0:
         return "molecule has no atoms"
     if keep_largest_fragment:
