@@ -324,9 +324,11 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
                                     show_progress=tc.show_progress)
         prepared.source_hash = source_hash
     if len(prepared) == 0:
+        rej = prepared.rejected
+        first = f"row {rej['row'].iloc[0]}: {rej['reason'].iloc[0]}" if len(rej) else "none"
         raise InvalidInputError(
-            f"no molecule survived cleaning: {prepared.n_input} rows read, {len(prepared.rejected)} rejected "
-            f"(first reason: {prepared.rejected['reason'].iloc[0] if len(prepared.rejected) else 'none'})")
+            f"{data if data_path else 'the training table'}: no molecule survived cleaning: "
+            f"{prepared.n_input} rows read, {len(rej)} rejected (first: {first}); expected SMILES of molecules")
     log.info("%d molecules read, %d kept, %d rejected (%d duplicates)", prepared.n_input, len(prepared),
              len(prepared.rejected), prepared.n_duplicates)
 
