@@ -337,6 +337,165 @@ def process_many(inputs: Sequence[str], keep_largest_fragment: bool = True, n_jo
     return out
 
 
+# Reasons of :func:`chem.process_smiles`, reproduced by the fast path below.
+_REASON_EMPTY = "empty SMILES"
+_REASON_PARSE = "RDKit could not parse the SMILES"
+_REASON_NO_ATOMS = "molecule has no atoms"
+_REASON_FRAGMENTS = "several fragments (use --largest-fragment to keep the largest)"
+_REASON_CANONICAL = "RDKit could not write canonical SMILES"
+_REASON_SELFIES = "SELFIES could not encode the molecule (valence outside SELFIES constraints)"
+_REASON_SELFIES_EMPTY = "SELFIES encoding is empty"
+
+
+@dataclass
+class CompactResults:
+    """:func:`chem.process_smiles` over many inputs, stored without a Python object per token.
+
+    Molecule ``k`` of the successful ones (input position ``ok[k]``) has canonical SMILES
+    ``smiles[k]`` and SELFIES tokens ``tokens[ids[offsets[k]:offsets[k+1]]]``.
+    """
+
+    ok: np.ndarray          # (n_ok,) int64 input positions that were processed successfully
+    smiles: list[str]       # (n_ok,) canonical SMILES
+    ids: np.ndarray         # (total,) int32 ids into ``tokens``
+    offsets: np.ndarray     # (n_ok + 1,) int64
+    tokens: list[str]       # SELFIES tokens, in order of first appearance
+    failed: np.ndarray      # (n_failed,) int64 input positions that failed
+    reasons: list[str]      # (n_failed,) why
+
+
+def _process_compact_chunk(args: tuple[int, list, bool]) -> tuple:
+    """Worker: process one chunk, returning arrays and chunk-local token ids (cheap to pickle)."""
+    start, inputs, keep_largest = args
+    from rdkit import Chem
+    import selfies as sf
+
+    mol_from_smiles, mol_to_smiles = Chem.MolFromSmiles, Chem.MolToSmiles
+    local: dict[str, int] = {}
+    ids: list[int] = []
+    lengths: list[int] = []
+    ok: list[int] = []
+    smiles_out: list[str] = []
+    failed: list[int] = []
+    reasons: list[str] = []
+    with chem.quiet_rdkit():  # one log block per chunk instead of one per call
+        for i, s in enumerate(inputs):
+            reason = None
+            if not isinstance(s, str) or not s.strip():
+                reason = _REASON_EMPTY
+            else:
+                s = s.strip()
+                try:
+                    mol = mol_from_smiles(s)
+                except Exception:
+                    mol = None
+                if mol is None:
+                    reason = _REASON_PARSE
+                elif mol.GetNumAtoms() == 0:
+                    reason = _REASON_NO_ATOMS
+                else:
+                    # A SMILES without '.' is one connected fragment: skip the fragment search.
+                    if "." in s:
+                        if keep_largest:
+                            mol = chem.largest_fragment(mol)
+                        elif len(Chem.GetMolFrags(mol)) > 1:
+                            reason = _REASON_FRAGMENTS
+                    if reason is None:
+                        try:
+                            canonical = mol_to_smiles(mol)
+                        except Exception:
+                            canonical = ""
+                        if not canonical:
+                            reason = _REASON_CANONICAL
+                        else:
+                            try:
+                                selfies = sf.encoder(canonical, strict=True)
+                            except Exception:
+                                selfies = None
+                            if selfies is None:
+                                reason = _REASON_SELFIES
+                            elif not selfies:
+                                reason = _REASON_SELFIES_EMPTY
+                            else:
+                                if "." in selfies or not (selfies[0] == "[" and selfies[-1] == "]"):
+                                    toks = list(sf.split_selfies(selfies))
+                                else:
+                                    toks = ["[" + t + "]" for t in selfies[1:-1].split("][")]
+                                if not toks:
+                                    reason = _REASON_SELFIES_EMPTY
+                                else:
+                                    for t in toks:
+                                        j = local.get(t)
+                                        if j is None:
+                                            j = local[t] = len(local)
+                                        ids.append(j)
+                                    lengths.append(len(toks))
+                                    ok.append(start + i)
+                                    smiles_out.append(canonical)
+            if reason is not None:
+                failed.append(start + i)
+                reasons.append(reason)
+    return (np.asarray(ok, dtype=np.int64), smiles_out, np.asarray(ids, dtype=np.int32),
+            np.asarray(lengths, dtype=np.int64), list(local), np.asarray(failed, dtype=np.int64), reasons)
+
+
+def process_compact(inputs: Sequence[str], keep_largest_fragment: bool = True, n_jobs: int = 1,
+                    show_progress: bool = False, chunk_size: int = 5000) -> CompactResults:
+    """Clean and tokenize many SMILES in ``n_jobs`` processes (0 or ``None`` = all cores).
+
+    Gives exactly what :func:`chem.process_smiles` gives for each input, but returns
+    flat arrays, so a million molecules cost a few hundred MB instead of several GB of
+    Python objects, and the workers send back little to pickle.
+    """
+    inputs = inputs if isinstance(inputs, list) else list(inputs)
+    if not n_jobs or n_jobs <= 0:
+        n_jobs = _available_cpus()
+    pieces = [(i, inputs[i:i + chunk_size], keep_largest_fragment) for i in range(0, len(inputs), chunk_size)]
+    token_index: dict[str, int] = {}
+    oks, smiles, ids, lengths, faileds, reasons = [], [], [], [], [], []
+    from tqdm.auto import tqdm
+
+    def collect(res: tuple) -> None:
+        ok, smi, loc_ids, lens, loc_tokens, failed, why = res
+        remap = np.array([token_index.setdefault(t, len(token_index)) for t in loc_tokens] or [0], dtype=np.int32)
+        oks.append(ok)
+        smiles.extend(smi)
+        ids.append(remap[loc_ids])
+        lengths.append(lens)
+        faileds.append(failed)
+        reasons.extend(why)
+
+    with tqdm(total=len(inputs), desc="preprocess", disable=not show_progress, leave=False, unit="mol") as bar:
+        if n_jobs == 1 or len(pieces) < 2:
+            for piece in pieces:
+                collect(_process_compact_chunk(piece))
+                bar.update(len(piece[1]))
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(min(n_jobs, len(pieces))) as pool:
+                for piece_len, res in zip((len(p[1]) for p in pieces), pool.imap(_process_compact_chunk, pieces)):
+                    collect(res)
+                    bar.update(piece_len)
+    lens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    return CompactResults(
+        ok=np.concatenate(oks) if oks else np.zeros(0, dtype=np.int64), smiles=smiles,
+        ids=np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32), offsets=offsets,
+        tokens=list(token_index), failed=np.concatenate(faileds) if faileds else np.zeros(0, dtype=np.int64),
+        reasons=reasons)
+
+
+def _available_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int | None = None,
             vocab: Vocabulary | None = None, property_columns: Sequence[str] = (),
             n_jobs: int = 1, show_progress: bool = False) -> PreparedData:
@@ -348,52 +507,87 @@ def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int 
     molecule are listed in ``rejected`` with a reason; nothing is dropped silently.
 
     Raises:
-        InvalidInputError: a requested property column is missing.
+        InvalidInputError: a requested property is neither a column nor an RDKit property.
+
+    A property name that is not a column of ``table`` but is one of
+    :data:`molvae.chem.PROPERTY_FUNCTIONS` (``qed``, ``logp``, ``sa``, ``plogp``, ...) is
+    computed by RDKit from each kept molecule's canonical SMILES.
     """
-    missing = [c for c in property_columns if c not in table.columns]
+    missing = [c for c in property_columns if c not in table.columns and c not in chem.PROPERTY_FUNCTIONS]
     if missing:
-        raise InvalidInputError(f"no property column {missing[0]!r}; columns are {list(table.columns)}")
-    results = process_many(table["input"].tolist(), largest_fragment, n_jobs=n_jobs, show_progress=show_progress)
-    rows = table["row"].to_numpy()
+        raise InvalidInputError(
+            f"no property column {missing[0]!r}; columns are {list(table.columns)} and RDKit properties are "
+            f"{sorted(chem.PROPERTY_FUNCTIONS)}")
     inputs = table["input"].tolist()
+    rows = table["row"].to_numpy()
+    res = process_compact(inputs, largest_fragment, n_jobs=n_jobs, show_progress=show_progress)
+    n = len(inputs)
+    # Per input: its position among the processed molecules, or -1 when processing failed.
+    slot = np.full(n, -1, dtype=np.int64)
+    slot[res.ok] = np.arange(len(res.ok))
+    fail_reason = dict(zip(res.failed.tolist(), res.reasons))
+    lengths = np.diff(res.offsets)
+    raw_tokens = res.tokens
+    # Map the raw token table onto a given vocabulary (-1 = unknown token).
+    if vocab is not None:
+        to_vocab = np.array([vocab.index.get(t, -1) for t in raw_tokens] or [0], dtype=np.int64)
+        has_unknown = np.zeros(len(res.ok), dtype=bool)
+        if len(res.ids):
+            bad = to_vocab[res.ids] < 0
+            owner = np.repeat(np.arange(len(res.ok)), lengths)
+            has_unknown[owner[bad]] = True
     rejected: list[tuple[int, str, str]] = []
     seen: dict[str, int] = {}
     keep_idx: list[int] = []
-    kept: list[chem.ProcessedMolecule] = []
+    keep_slot: list[int] = []
     n_dup = 0
     read_errors = table[READ_ERROR].tolist() if READ_ERROR in table.columns else None
-    for i, res in enumerate(results):
+    smiles_all = res.smiles
+    for i in range(n):
         if read_errors is not None and read_errors[i]:
             rejected.append((int(rows[i]), inputs[i], read_errors[i]))
             continue
-        if isinstance(res, str):
-            rejected.append((int(rows[i]), inputs[i], res))
+        k = slot[i]
+        if k < 0:
+            rejected.append((int(rows[i]), inputs[i], fail_reason[i]))
             continue
-        if max_len is not None and len(res.tokens) > max_len:
-            rejected.append((int(rows[i]), inputs[i], f"{len(res.tokens)} SELFIES tokens, longer than max_len {max_len}"))
+        if max_len is not None and lengths[k] > max_len:
+            rejected.append((int(rows[i]), inputs[i], f"{lengths[k]} SELFIES tokens, longer than max_len {max_len}"))
             continue
-        if vocab is not None:
-            unknown = vocab.unknown(res.tokens)
-            if unknown:
-                rejected.append((int(rows[i]), inputs[i], f"tokens not in the model's vocabulary: {' '.join(unknown[:5])}"))
-                continue
-        first = seen.get(res.smiles)
+        if vocab is not None and has_unknown[k]:
+            unknown = vocab.unknown(raw_tokens[j] for j in res.ids[res.offsets[k]:res.offsets[k + 1]])
+            rejected.append((int(rows[i]), inputs[i], f"tokens not in the model's vocabulary: {' '.join(unknown[:5])}"))
+            continue
+        smi = smiles_all[k]
+        first = seen.get(smi)
         if first is not None:
             n_dup += 1
             rejected.append((int(rows[i]), inputs[i], f"duplicate of row {first}"))
             continue
-        seen[res.smiles] = int(rows[i])
+        seen[smi] = int(rows[i])
         keep_idx.append(i)
-        kept.append(res)
+        keep_slot.append(k)
+    del seen
+    keep = np.asarray(keep_slot, dtype=np.int64)
+    kept_smiles = [smiles_all[k] for k in keep_slot]
+    keep_mask = np.zeros(len(res.ok), dtype=bool)
+    keep_mask[keep] = True
+    kept_ids = res.ids[np.repeat(keep_mask, lengths)] if len(res.ids) else res.ids
     if vocab is None:
-        vocab = Vocabulary.build(m.tokens for m in kept)
-    index = vocab.index
-    token_data = TokenData.from_sequences([[index[t] for t in m.tokens] for m in kept])
-    if len(vocab) < 32767:
-        token_data.ids = token_data.ids.astype(np.int16)
+        present = np.unique(kept_ids) if len(kept_ids) else np.zeros(0, dtype=np.int64)
+        vocab = Vocabulary.build([[raw_tokens[j] for j in present.tolist()]])
+        to_vocab = np.array([vocab.index.get(t, -1) for t in raw_tokens] or [0], dtype=np.int64)
+    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(lengths[keep], out=offsets[1:])
+    id_dtype = np.int16 if len(vocab) < 32767 else np.int32
+    token_data = TokenData(ids=to_vocab[kept_ids].astype(id_dtype), offsets=offsets)
+    del res, smiles_all
     props = None
     if property_columns:
-        props = pd.DataFrame({c: pd.to_numeric(table[c].iloc[keep_idx], errors="coerce").to_numpy(dtype=float)
+        computed = chem.compute_properties(kept_smiles,
+                                           [c for c in property_columns if c not in table.columns])
+        props = pd.DataFrame({c: computed[c] if c in computed else
+                              pd.to_numeric(table[c].iloc[keep_idx], errors="coerce").to_numpy(dtype=float)
                               for c in property_columns})
         props = props.where(np.isfinite(props))  # inf and text count as missing: masked, not learned
         kept_rows = rows[keep_idx]
@@ -409,7 +603,7 @@ def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int 
                             "a %r target", c, len(gaps), len(props), shown, c)
     rejected_df = pd.DataFrame(rejected, columns=["row", "input", "reason"])
     return PreparedData(
-        smiles=[m.smiles for m in kept],
+        smiles=kept_smiles,
         rows=rows[keep_idx] if keep_idx else np.zeros(0, dtype=np.int64),
         tokens=token_data,
         vocab=vocab,
