@@ -95,7 +95,9 @@ class TrainConfig(_ConfigMixin):
     word_dropout: float = 0.0        # probability of replacing a decoder input token by <unk>
     grad_clip: float = 5.0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    amp: bool = True                 # mixed precision on CUDA
+    amp: bool = True                 # mixed precision on CUDA (bf16, or fp16 with a grad scaler)
+    cpu_amp: bool | None = None      # bf16 autocast on the CPU (None = when the CPU has AVX-512 BF16/AMX)
+    compile: bool = False            # torch.compile the training step's model
     early_stopping: int | None = None  # patience in epochs on validation ELBO
     checkpoint_every: int = 0        # steps between resumable checkpoints (0 = each epoch only)
     recon_eval_size: int = 500       # validation molecules decoded for reconstruction accuracy

@@ -258,13 +258,16 @@ class TokenData:
     def batch(self, indices: Sequence[int] | np.ndarray, eos_id: int, pad_id: int) -> Batch:
         """Padded ``(B, L+1)`` tensor of the molecules at ``indices``, each followed by ``<eos>``."""
         indices = np.asarray(indices, dtype=np.int64)
-        lengths = self.lengths[indices] + 1
+        starts = self.offsets[indices]
+        n_real = self.offsets[indices + 1] - starts
+        lengths = n_real + 1
         width = int(lengths.max()) if len(indices) else 1
+        # Vectorized gather: no Python loop over the molecules of the batch.
+        pos = np.arange(width, dtype=np.int64)
+        real = pos[None, :] < n_real[:, None]
         out = np.full((len(indices), width), pad_id, dtype=np.int64)
-        for r, i in enumerate(indices):
-            s, e = self.offsets[i], self.offsets[i + 1]
-            out[r, : e - s] = self.ids[s:e]
-            out[r, e - s] = eos_id
+        out[real] = self.ids[(starts[:, None] + pos[None, :])[real]]
+        out[np.arange(len(indices)), n_real] = eos_id
         return Batch(tokens=torch.from_numpy(out), lengths=torch.from_numpy(lengths), indices=indices)
 
 
@@ -276,6 +279,11 @@ class Batch:
     lengths: torch.Tensor
     indices: np.ndarray
     properties: torch.Tensor | None = None   # (B, P) float, NaN where unlabelled
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies of the tensors, so copies to a GPU can overlap with compute."""
+        return Batch(tokens=self.tokens.pin_memory(), lengths=self.lengths, indices=self.indices,
+                     properties=None if self.properties is None else self.properties.pin_memory())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(

@@ -3,8 +3,19 @@
 Encoder: token embedding -> GRU (optionally bidirectional, stacked) -> final hidden
 state -> (μ, log σ²). Decoder: a GRU whose initial hidden state is a linear map of
 z and whose input at every step is the previous token's embedding concatenated
-with z (Bowman et al. 2016; Gómez-Bombarelli et al. 2018). Sequences are packed,
-so no GRU step and no logit is computed on padding.
+with z (Bowman et al. 2016; Gómez-Bombarelli et al. 2018).
+
+Two interchangeable implementations of the same function (same weights, same
+loss up to float rounding; ``tests/test_scale.py`` checks it):
+
+* ``"padded"`` (the default): one fused GRU call over the padded batch. Batches
+  are length-bucketed (:func:`molvae.data.bucket_batches`), so padding is a few
+  percent, and the padded GRU is much faster than a packed one on the CPU (the
+  packed kernel re-slices the batch at every step) and at least as fast with cuDNN.
+  Padding cannot leak into the result: the GRUs are causal, the encoder reads its
+  state at each molecule's last real token, its backward direction runs over each
+  sequence reversed in place, and logits are computed only at real positions.
+* ``"packed"``: ``pack_padded_sequence``, the reference.
 """
 
 from __future__ import annotations
@@ -18,10 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+RNN_IMPLS = ("padded", "packed")
+
 from .config import ModelConfig
 from .vocab import Vocabulary
 
-__all__ = ["VAE", "VAEOutput", "kl_divergence"]
+__all__ = ["VAE", "VAEOutput", "kl_divergence", "RNN_IMPLS"]
 
 
 @dataclass
@@ -83,11 +96,39 @@ class VAE(nn.Module):
         mask = torch.zeros(vocab_size, dtype=torch.bool)
         mask[[pad_id, bos_id, unk_id]] = True
         self.register_buffer("forbidden", mask, persistent=False)
+        # How sequences run through the GRUs (not part of the weights): "padded" or "packed".
+        self.rnn_impl = "padded"
+
+    def _padded_ok(self) -> bool:
+        """The padded path supports everything but a stacked bidirectional encoder."""
+        if self.rnn_impl == "packed":
+            return False
+        return not (self.config.bidirectional and self.config.encoder_layers > 1)
+
+    @staticmethod
+    def real_positions(lengths: torch.Tensor, width: int, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat indices ``row * width + t`` of the real positions of a padded batch (row-major) and their rows.
+
+        Built on the CPU from CPU ``lengths`` and copied without blocking, so no
+        device->host synchronization is needed in the training step.
+        """
+        lengths_cpu = lengths.cpu()
+        mask = torch.arange(width).unsqueeze(0) < lengths_cpu.unsqueeze(1)
+        flat = mask.view(-1).nonzero().squeeze(1)
+        rows = torch.div(flat, width, rounding_mode="floor")
+        if device.type != "cpu":
+            flat = flat.pin_memory().to(device, non_blocking=True)
+            rows = rows.pin_memory().to(device, non_blocking=True)
+        return flat, rows
 
     # ------------------------------------------------------------------ encoder
     def encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters of padded ``tokens (B, L)`` with ``lengths (B,)``: ``(μ, log σ²)``, each ``(B, latent_dim)``."""
         emb = self.embedding(tokens)
+        if self._padded_ok():
+            h = self._encode_padded(emb, lengths)
+            return self.to_mu(h), self.to_logvar(h)
         packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, h = self.encoder_rnn(packed)  # h: (layers * directions, B, H), in input order
         if self.config.bidirectional:
@@ -95,6 +136,28 @@ class VAE(nn.Module):
         else:
             h = h[-1]
         return self.to_mu(h), self.to_logvar(h)
+
+    def _encode_padded(self, emb: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Final encoder state of each molecule, ``(B, H·directions)``, from one padded GRU call per direction."""
+        rnn = self.encoder_rnn
+        B, L = emb.shape[:2]
+        last = (lengths.to(emb.device, non_blocking=True) - 1).clamp(min=0)
+        rows = torch.arange(B, device=emb.device)
+        if not self.config.bidirectional:
+            out, _ = rnn(emb)
+            return out[rows, last]
+        # One layer, two directions. The forward direction reads its state at the last real
+        # token; the backward one runs over each sequence reversed in place (padding stays at
+        # the end), so it too starts at the last real token and ends at the first.
+        w = rnn._flat_weights
+        n = len(w) // 2
+        h0 = emb.new_zeros(1, B, rnn.hidden_size)
+        out_f, _ = torch._VF.gru(emb, h0, w[:n], rnn.bias, 1, 0.0, self.training, False, True)
+        pos = torch.arange(L, device=emb.device).unsqueeze(0)
+        rev = torch.where(pos <= last.unsqueeze(1), last.unsqueeze(1) - pos, pos)
+        emb_r = emb.gather(1, rev.unsqueeze(-1).expand(-1, -1, emb.shape[-1]))
+        out_b, _ = torch._VF.gru(emb_r, h0, w[n:], rnn.bias, 1, 0.0, self.training, False, True)
+        return torch.cat([out_f[rows, last], out_b[rows, last]], dim=-1)
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
@@ -116,7 +179,7 @@ class VAE(nn.Module):
 
         Returns:
             ``(logits, targets)``: ``(N, vocab)`` and ``(N,)`` over the N = Σ lengths
-            target tokens, in packed order (time-major).
+            target tokens: molecule by molecule (``"padded"``) or time-major (``"packed"``).
         """
         B = tokens.shape[0]
         inputs = torch.cat([torch.full((B, 1), self.bos_id, dtype=tokens.dtype, device=tokens.device),
@@ -128,6 +191,12 @@ class VAE(nn.Module):
             inputs = inputs.masked_fill(drop, self.unk_id)
         emb = self.embedding(inputs)
         x = torch.cat([emb, z.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)
+        if self.rnn_impl != "packed":
+            # Row-major order here (the packed path is time-major); callers only sum per molecule.
+            out, _ = self.decoder_rnn(x, self.initial_hidden(z).to(x.dtype))
+            flat, _ = self.real_positions(lengths, tokens.shape[1], tokens.device)
+            hidden = out.reshape(-1, out.shape[-1]).index_select(0, flat)
+            return self.output(hidden), tokens.reshape(-1).index_select(0, flat)
         lengths_cpu = lengths.cpu()
         packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
         out, _ = self.decoder_rnn(packed, self.initial_hidden(z))
@@ -141,17 +210,20 @@ class VAE(nn.Module):
         z = self.reparameterize(mu, logvar, generator) if sample else mu
         logits, targets = self.decoder_logits(z, tokens, lengths, word_dropout)
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
-        # Map each packed position back to its molecule to get per-molecule sums.
+        # Map each position back to its molecule to get per-molecule sums.
         B, L = tokens.shape
-        owner = torch.arange(B, device=tokens.device).unsqueeze(1).expand(B, L)
-        owner = pack_padded_sequence(owner, lengths.cpu(), batch_first=True, enforce_sorted=False).data
+        if self.rnn_impl != "packed":
+            _, owner = self.real_positions(lengths, L, tokens.device)
+        else:
+            owner = torch.arange(B, device=tokens.device).unsqueeze(1).expand(B, L)
+            owner = pack_padded_sequence(owner, lengths.cpu(), batch_first=True, enforce_sorted=False).data
         recon = torch.zeros(B, device=tokens.device, dtype=ce.dtype).index_add_(0, owner, ce)
         kl_el = kl_divergence(mu.float(), logvar.float())
         props = self.property_head(mu) if self.property_head is not None else None
         with torch.no_grad():
             n_correct = (logits.argmax(-1) == targets).sum()
         return VAEOutput(recon=recon, kl=kl_el.sum(-1), kl_per_dim=kl_el.mean(0), mu=mu, logvar=logvar, z=z,
-                         n_tokens=int(targets.numel()), n_correct=n_correct, properties=props)
+                         n_tokens=int(lengths.sum()), n_correct=n_correct, properties=props)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

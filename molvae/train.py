@@ -7,8 +7,8 @@ al. 2016) and word dropout weakens the decoder's teacher forcing (Bowman et al. 
 both against posterior collapse.
 
 A run folder holds ``model.pt`` (the best model by validation negative ELBO),
-``checkpoint.pt`` (everything needed to resume), ``config.json``, ``history.csv`` and
-``rejected.csv``.
+``checkpoint.pt`` (everything needed to resume), ``config.json``, ``history.csv``,
+``rejected.csv`` and, when matplotlib is installed, ``training_curves.png``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from . import data as data_mod
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, versions
 from .config import ModelConfig, TrainConfig
 from .core import LATEST_POINTER, MolVAE, resolve_device
+from .distributed import DistContext, init_from_env
 from .errors import CheckpointError, InvalidInputError, MolvaeError
 from .model import VAE
 
@@ -89,10 +90,35 @@ def _seed_everything(seed: int) -> None:
 
 
 def _autocast(device: torch.device, enabled: bool):
+    """bf16 (or fp16 where bf16 is missing) autocast on CUDA; bf16 autocast on the CPU."""
     if enabled and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
+    if enabled and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def use_mixed_precision(config: TrainConfig, device: torch.device) -> bool:
+    """Mixed precision in the training step: ``amp`` on CUDA; ``cpu_amp`` (auto: bf16 hardware) on the CPU."""
+    if device.type == "cuda":
+        return bool(config.amp)
+    if device.type == "cpu":
+        return cpu_has_fast_bf16() if config.cpu_amp is None else bool(config.cpu_amp)
+    return False
 
 
 def kl_term(out, config: TrainConfig) -> torch.Tensor:
@@ -247,7 +273,8 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
           model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
           smiles_column: str | None = None, property_columns: tuple[str, ...] = (),
           runs_dir: str | os.PathLike = "runs", resume: str | os.PathLike | None = None,
-          n_jobs: int = 1, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          n_jobs: int = 1, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          use_cache: bool = True) -> TrainResult:
     """Train a SELFIES VAE and write a run folder.
 
     Args:
@@ -258,8 +285,13 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
         smiles_column: the SMILES column of a CSV when it is not found automatically.
         property_columns: CSV columns the property head learns (NaN/missing rows are masked).
         resume: a run folder with ``checkpoint.pt`` to continue; ``data`` may then be omitted.
-        n_jobs: processes for preprocessing.
+        n_jobs: processes for preprocessing (0 = all cores).
         on_epoch: called with each epoch's history row.
+        use_cache: reuse/store the preprocessed file in the cache (:mod:`molvae.cache`).
+
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) this runs DistributedDataParallel
+    (see :mod:`molvae.distributed`): each rank trains on its own slice of every epoch's
+    batches, rank 0 writes the run folder.
 
     Raises:
         InvalidInputError: no molecule survives cleaning, or bad settings.
@@ -301,6 +333,17 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
     _seed_everything(tc.seed)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
+    dist = init_from_env(tc.device)
+    try:
+        return _train(data, out_dir, run, state, model_config, tc, smiles_column, property_columns, runs_dir,
+                      n_jobs, on_epoch, use_cache, dist)
+    finally:
+        dist.close()
+
+
+def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig, smiles_column,
+           property_columns, runs_dir, n_jobs, on_epoch, use_cache: bool, dist: DistContext) -> TrainResult:
+    ckpt_path = run / "checkpoint.pt" if run is not None else None
 
     # ---------------------------------------------------------------- data
     data_path = None
@@ -314,15 +357,26 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             if "input" not in table.columns:
                 col = data_mod.find_smiles_column(list(table.columns), smiles_column, source="table")
                 table = pd.DataFrame({"row": np.arange(1, len(table) + 1), "input": table[col].astype(str),
-                                      **{c: table[c] for c in property_columns}})
+                                      **{c: table[c] for c in property_columns if c in table.columns}})
         else:
-            table = data_mod.read_molecules(data, smiles_column)
+            table = None
             data_path = str(Path(data).resolve())
-            source_hash = data_mod.file_hash(data)
-        prepared = data_mod.prepare(table, largest_fragment=tc.largest_fragment, max_len=tc.max_len,
-                                    property_columns=property_columns, n_jobs=n_jobs,
-                                    show_progress=tc.show_progress)
-        prepared.source_hash = source_hash
+            # Files go through the preprocessing cache: a second run on the same file starts in seconds.
+            from .cache import prepare_file
+
+            if dist.enabled and not dist.is_main and use_cache:
+                dist.barrier()  # rank 0 preprocesses and fills the cache; the others then load it
+            prepared = prepare_file(data, smiles_column=smiles_column, largest_fragment=tc.largest_fragment,
+                                    max_len=tc.max_len, property_columns=property_columns, n_jobs=n_jobs,
+                                    show_progress=tc.show_progress and dist.is_main, use_cache=use_cache)
+            if dist.enabled and dist.is_main and use_cache:
+                dist.barrier()
+            source_hash = prepared.source_hash
+        if table is not None:
+            prepared = data_mod.prepare(table, largest_fragment=tc.largest_fragment, max_len=tc.max_len,
+                                        property_columns=property_columns, n_jobs=n_jobs,
+                                        show_progress=tc.show_progress)
+            prepared.source_hash = source_hash
     if len(prepared) == 0:
         rej = prepared.rejected
         first = f"row {rej['row'].iloc[0]}: {rej['reason'].iloc[0]}" if len(rej) else "none"
@@ -358,14 +412,24 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
 
     # ---------------------------------------------------------------- run folder
     if run is None:
-        run = _make_run_dir(out_dir, runs_dir)
-    if not (state is not None and (run / "rejected.csv").exists()):
+        run = _make_run_dir(out_dir, runs_dir) if dist.is_main else None
+        run = dist.broadcast_object(run)
+    if dist.is_main and not (state is not None and (run / "rejected.csv").exists()):
         prepared.rejected.to_csv(run / "rejected.csv", index=False)
 
     device = resolve_device(tc.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     model = MolVAE.new(model_config, vocab, seed=tc.seed)
     net = model.net.to(device)
-    use_amp = tc.amp and device.type == "cuda"
+    use_amp = use_mixed_precision(tc, device)
+    train_net = net  # what the training step calls: DDP and/or torch.compile wrap the same module
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        train_net = torch.compile(train_net)
     optimizer = torch.optim.Adam(net.parameters(), lr=tc.learning_rate)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) \
         if device.type == "cuda" else None
@@ -413,8 +477,14 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
                      "smiles_column": smiles_column, "property_columns": list(property_columns),
                      "versions": versions(), "metadata": metadata}
     text = json.dumps(config_record, indent=2)
-    atomic_write(run / "config.json", lambda f: f.write(text.encode()))
-    _point_latest(run, runs_dir)
+    if dist.is_main:
+        atomic_write(run / "config.json", lambda f: f.write(text.encode()))
+        _point_latest(run, runs_dir)
+    if dist.enabled:
+        # Different noise on every rank (the weights start equal: DDP broadcasts rank 0's).
+        torch.manual_seed((tc.seed + 1_000_003 * global_step + 7919 * dist.rank) % (2**63))
+        metadata["world_size"] = dist.world_size
+    seen_log = _open_seen_log(dist.rank)
 
     def training_state(epoch: int, batch: int) -> dict[str, Any]:
         return {
@@ -433,6 +503,8 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
         }
 
     def save_resumable(epoch: int, batch: int) -> None:
+        if not dist.is_main:
+            return
         if not _all_finite(net):
             # Never replace the last good checkpoint with broken weights.
             log.warning("weights hold NaN or infinite values: checkpoint not written, %s keeps the last good one",
@@ -469,6 +541,8 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             epoch_rng = np.random.default_rng([tc.seed, epoch])
             batches = data_mod.bucket_batches(prepared.tokens.lengths, train_idx, tc.batch_size, shuffle=True,
                                               rng=epoch_rng)
+            if dist.enabled:
+                batches = _shard_batches(batches, dist.rank, dist.world_size)
             first = start_batch if epoch == start_epoch else 0
             t_epoch = time.perf_counter()
             sums = {"recon": 0.0, "kl": 0.0, "loss": 0.0, "n": 0, "prop": 0.0, "skipped": 0}
@@ -477,7 +551,7 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             loss_acc_t = torch.zeros((), device=device)
             n_acc = 0
             bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                       disable=not tc.show_progress, leave=False, dynamic_ncols=True)
+                       disable=not (tc.show_progress and dist.is_main), leave=False, dynamic_ncols=True)
             beta = kl_weight_at(tc, epoch + first / len(batches))
             if first and resumed_sums is not None:
                 recon_acc_t = resumed_sums["recon"].to(device)
@@ -488,13 +562,17 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
                 beta = float(resumed_sums["beta"])
             for bi in range(first, len(batches)):
                 idx = batches[bi]
+                if seen_log is not None:
+                    seen_log.write(" ".join(map(str, idx.tolist())) + "\n")
                 b = prepared.tokens.batch(idx, vocab.eos_id, vocab.pad_id)
                 if prop_array is not None:
                     b.properties = torch.from_numpy(prop_array[idx])
+                if device.type == "cuda":
+                    b = b.pin_memory()
                 b = b.to(device, non_blocking=True)
                 beta = kl_weight_at(tc, epoch + bi / len(batches))
                 with _autocast(device, use_amp):
-                    out = net(b.tokens, b.lengths, sample=True, word_dropout=tc.word_dropout)
+                    out = train_net(b.tokens, b.lengths, sample=True, word_dropout=tc.word_dropout)
                 recon = out.recon.mean()
                 kl = kl_term(out, tc)
                 loss = recon + beta * kl
@@ -542,7 +620,11 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
                                     kl=f"{float(kl_acc_t) / n_acc:.2f}", beta=f"{beta:.3f}")
                 if tc.checkpoint_every and global_step % tc.checkpoint_every == 0:
                     save_resumable(epoch, bi + 1)
-                if tc.max_time_minutes and elapsed_before + time.perf_counter() - t_start > 60 * tc.max_time_minutes:
+                over = bool(tc.max_time_minutes) and \
+                    elapsed_before + time.perf_counter() - t_start > 60 * tc.max_time_minutes
+                if dist.enabled:  # every rank must stop at the same step
+                    over, stop["flag"] = (v > 0 for v in dist.all_reduce_sum([float(over), float(stop["flag"])]))
+                if over:
                     time_up = bi + 1 < len(batches)
                     stop_at = bi + 1
                     log.info("time limit of %.1f minutes reached at epoch %d, step %d", tc.max_time_minutes,
@@ -555,16 +637,25 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
                         f"continue with: molvae train --resume {run}")
             bar.close()
             # An epoch whose every step was skipped has no training loss (NaN, not 0).
+            if dist.enabled:  # sums over ranks: the epoch's loss over all molecules seen
+                r_, k_, l_, n_, p_, s_ = dist.all_reduce_sum(
+                    [float(recon_acc_t), float(kl_acc_t), float(loss_acc_t), n_acc, sums["prop"], sums["skipped"]])
+                recon_acc_t, kl_acc_t, loss_acc_t = (torch.tensor(v) for v in (r_, k_, l_))
+                n_acc, sums["prop"], sums["skipped"] = int(n_), p_, int(s_)
             n_tr = n_acc if n_acc else math.nan
             train_recon, train_kl = float(recon_acc_t) / n_tr, float(kl_acc_t) / n_tr
             train_loss = float(loss_acc_t) / n_tr
-            # ---- validation
-            val = evaluate_loss(net, prepared.tokens, val_idx, vocab, max(tc.batch_size, 256), device,
-                                seed=tc.seed, amp=use_amp)
+            # ---- validation (fp32: comparable across precisions; each rank a slice of it)
+            val = _evaluate_distributed(net, prepared.tokens, val_idx, vocab, max(tc.batch_size, 256), device,
+                                        tc.seed, dist)
             eval_idx = val_idx if len(val_idx) else train_idx
             sub = eval_idx[: tc.recon_eval_size]
-            mu = latent_means(net, prepared.tokens, eval_idx[:5000], vocab, 512, device)
-            recon_acc = reconstruction_accuracy(model, prepared.smiles, prepared.tokens, sub) if len(sub) else math.nan
+            if dist.is_main:
+                mu = latent_means(net, prepared.tokens, eval_idx[:5000], vocab, 512, device)
+                recon_acc = reconstruction_accuracy(model, prepared.smiles, prepared.tokens, sub) \
+                    if len(sub) else math.nan
+            else:  # rank 0 alone decodes for reconstruction accuracy and active units
+                mu, recon_acc = np.zeros((0, net.config.latent_dim), dtype=np.float32), math.nan
             net.train()
             row = {
                 "epoch": epoch + 1, "step": global_step, "beta": beta,
@@ -580,7 +671,7 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             history.append(row)
             log.info("epoch %d: recon %.3f kl %.3f beta %.3f | val nelbo %.3f recon_acc %.3f AU %d",
                      epoch + 1, train_recon, train_kl, beta, val["nelbo"], recon_acc, row["active_units"])
-            if on_epoch:
+            if on_epoch and dist.is_main:
                 on_epoch(row)
             score = val["nelbo"] if math.isfinite(val["nelbo"]) else train_loss
             # β is still rising during warm-up, so compare ELBOs only once it has settled
@@ -588,10 +679,12 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             if score < best_val and _all_finite(net):
                 best_val, bad_epochs = score, 0
                 model.train_config, model.history, model.metadata = tc, history, metadata
-                model.save(run / "model.pt")
+                if dist.is_main:
+                    model.save(run / "model.pt")
             else:
                 bad_epochs += 1
-            _write_history(run, history)
+            if dist.is_main:
+                _write_history(run, history)
             if time_up:
                 save_resumable(epoch, stop_at)
                 stopped_early = True
@@ -612,14 +705,69 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
 
+    if seen_log is not None:
+        seen_log.close()
     metadata["train_time_s"] = history[-1]["elapsed_s"] if history else 0.0
-    best = MolVAE.from_payload(load_checkpoint(run / "model.pt"), run / "model.pt")
-    # Record the full history in the best model as well, so the file alone tells the story.
-    best.history, best.metadata = history, {**best.metadata, **metadata}
-    best.save(run / "model.pt")
-    _write_history(run, history)
+    if dist.is_main:
+        best = MolVAE.from_payload(load_checkpoint(run / "model.pt"), run / "model.pt")
+        # Record the full history in the best model as well, so the file alone tells the story.
+        best.history, best.metadata = history, {**best.metadata, **metadata}
+        best.save(run / "model.pt")
+        _write_history(run, history)
+        _plot_curves(run, history)
+    dist.barrier()
+    if not dist.is_main:
+        best = MolVAE.from_payload(load_checkpoint(run / "model.pt"), run / "model.pt")
     return TrainResult(run_dir=run, model=best.to(device), history=history, prepared=prepared,
                        stopped_early=stopped_early)
+
+
+def _shard_batches(batches: list[np.ndarray], rank: int, world_size: int) -> list[np.ndarray]:
+    """This rank's batches: ``rank, rank + world_size, ...``, the same number on every rank."""
+    if not batches:
+        return []
+    n = max(1, len(batches) // world_size)
+    picked = batches[rank::world_size][:n]
+    return picked if len(picked) == n else [batches[rank % len(batches)]]
+
+
+def _evaluate_distributed(net: VAE, tokens: data_mod.TokenData, indices: np.ndarray, vocab, batch_size: int,
+                          device: torch.device, seed: int, dist: DistContext) -> dict[str, float]:
+    """:func:`evaluate_loss` with each rank taking a slice of ``indices``, combined over ranks."""
+    if not dist.enabled:
+        return evaluate_loss(net, tokens, indices, vocab, batch_size, device, seed=seed)
+    part = indices[dist.rank::dist.world_size]
+    res = evaluate_loss(net, tokens, part, vocab, batch_size, device, seed=seed + dist.rank) if len(part) else None
+    n = float(len(part))
+    n_tok = float((tokens.lengths[part] + 1).sum()) if len(part) else 0.0
+    r, k, c, n, n_tok = dist.all_reduce_sum(
+        [res["recon"] * n if res else 0.0, res["kl"] * n if res else 0.0,
+         res["token_acc"] * n_tok if res else 0.0, n, n_tok])
+    if n == 0:
+        return {"recon": math.nan, "kl": math.nan, "nelbo": math.nan, "token_acc": math.nan}
+    return {"recon": r / n, "kl": k / n, "nelbo": (r + k) / n, "token_acc": c / max(n_tok, 1.0)}
+
+
+def _open_seen_log(rank: int):
+    """Test hook: with ``MOLVAE_DEBUG_SEEN_DIR`` set, each rank logs the molecule indices of its batches."""
+    folder = os.environ.get("MOLVAE_DEBUG_SEEN_DIR")
+    if not folder:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return open(Path(folder) / f"seen.rank{rank}.txt", "a", encoding="utf-8")
+
+
+def _plot_curves(run: Path, history: list[dict[str, Any]]) -> None:
+    """Write ``training_curves.png`` when matplotlib (the ``plots`` extra) is installed; never fails the run."""
+    if not history:
+        return
+    try:
+        from .plots import have_matplotlib, training_curves
+
+        if have_matplotlib():
+            training_curves(history, run / "training_curves.png", title=f"Training curves: {run.name}")
+    except Exception as exc:  # a plot must never cost a trained model
+        log.warning("could not draw the training curves (%s)", exc)
 
 
 def _in_main_thread() -> bool:

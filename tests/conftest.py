@@ -22,6 +22,15 @@ def tiny_train_config(**changes) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Keep the preprocessing cache of test runs out of the user's ~/.cache/molvae."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MOLVAE_CACHE_DIR", str(tmp_path_factory.mktemp("molvae_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA

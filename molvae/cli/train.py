@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ..config import KL_SCHEDULES, ModelConfig, TrainConfig, load_config_file
@@ -16,6 +18,7 @@ _MAP = {
     "kl_weight": ("train", "kl_weight"), "kl_warmup": ("train", "kl_warmup_epochs"),
     "free_bits": ("train", "free_bits"), "word_dropout": ("train", "word_dropout"),
     "grad_clip": ("train", "grad_clip"), "device": ("train", "device"), "amp": ("train", "amp"),
+    "cpu_amp": ("train", "cpu_amp"), "compile": ("train", "compile"),
     "early_stopping": ("train", "early_stopping"), "checkpoint_every": ("train", "checkpoint_every"),
     "max_bad_steps": ("train", "max_bad_steps"),
     "threads": ("train", "num_threads"), "max_time": ("train", "max_time_minutes"),
@@ -63,6 +66,11 @@ _MAP = {
 @click.option("--dropout", type=float, callback=fraction, help="Dropout between stacked GRU layers [0].")
 @click.option("--device", help="auto | cpu | cuda | cuda:N [auto].")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA [on].")
+@click.option("--cpu-amp/--no-cpu-amp", default=None,
+              help="bf16 autocast on the CPU [on where the CPU has AVX-512 BF16/AMX].")
+@click.option("--compile", "compile", is_flag=True, default=None, help="torch.compile the model [off].")
+@click.option("--cache/--no-cache", "use_cache", default=True, show_default=True,
+              help="Reuse preprocessed data from the cache ($MOLVAE_CACHE_DIR, default ~/.cache/molvae).")
 @click.option("--max-time", type=float, callback=positive_float,
               help="Stop after this many minutes of training (validates and saves first).")
 @click.option("--threads", type=int, callback=positive_int, help="CPU threads for torch.")
@@ -70,7 +78,8 @@ _MAP = {
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Where default run folders and the LATEST pointer go.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs, runs_dir, progress, **opts):
+def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs, runs_dir, progress, use_cache,
+              **opts):
     """Clean DATA (csv, csv.gz, smi, txt or sdf of SMILES), build the vocabulary and train a VAE.
 
     Writes a run folder with model.pt (best validation ELBO), checkpoint.pt, config.json,
@@ -89,7 +98,10 @@ def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs,
     model_config = ModelConfig.from_dict(settings["model"])
     train_config = TrainConfig.from_dict(settings["train"])
     result = train(data, out, model_config=model_config, train_config=train_config, smiles_column=smiles_column,
-                   property_columns=tuple(properties), runs_dir=runs_dir, resume=resume, n_jobs=n_jobs)
+                   property_columns=tuple(properties), runs_dir=runs_dir, resume=resume, n_jobs=n_jobs,
+                   use_cache=use_cache)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     prep = result.prepared
     last = result.history[-1] if result.history else {}
     best = min(result.history, key=lambda r: r["val_nelbo"] if r["val_nelbo"] == r["val_nelbo"] else float("inf")) \
