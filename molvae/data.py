@@ -398,7 +398,7 @@ def _process_compact_chunk(args: tuple[int, list, bool]) -> tuple:
                 except Exception:
                     mol = None
                 if mol is None:
-                    reason = _REASON_PARSE
+                    reason = f"{_REASON_PARSE} ({chem.parse_error(s)})"
                 elif mol.GetNumAtoms() == 0:
                     reason = _REASON_NO_ATOMS
                 else:
