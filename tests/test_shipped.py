@@ -159,10 +159,26 @@ def test_card_command_matches_the_shipped_model():
 
 
 @needs_card
-def test_card_names_data_seed_hardware_and_metrics():
+def test_card_names_data_licence_seed_hardware_and_version():
     text = CARD.read_text(encoding="utf-8")
-    for needle in ("MOSES", "MIT", "seed", "CPU", "molvae", "FCD/Test", "Novelty"):
+    for needle in ("MOSES", "MIT licence", "250,000", "Seed", "CPU", "wall time", "molvae 0."):
         assert needle in text, needle
+
+
+@needs_card
+@needs_shipped
+def test_card_metrics_are_the_benchmark_output():
+    """The card's figures are those the benchmark wrote beside the model (when it has been run)."""
+    path = SHIPPED.with_name(f"{DEFAULT_SHIPPED}.metrics.json")
+    if not path.is_file():
+        pytest.skip(f"{path.name} not there yet: benchmarks/moses_benchmark.py has not been run on the shipped model")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    text = CARD.read_text(encoding="utf-8")
+    assert record["n_samples"] == 30000
+    for name in ("valid", "unique@10k", "FCD/Test", "SNN/Test", "IntDiv", "Filters", "Novelty"):
+        value = record["row"][name]
+        assert value is not None, name
+        assert f"{value:.3f}" in text, (name, value)
 
 
 # ---------------------------------------------------------------------------- listing, any model
