@@ -54,12 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="molvae-bench-cache-")
         cache_dir = tmp.name
     load_before = os.getloadavg()
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = ru.ru_utime + ru.ru_stime
     t0 = time.perf_counter()
     prepared = prepare_file(args.data, cache_dir=cache_dir, n_jobs=args.n_jobs)
     cold_s = time.perf_counter() - t0
     info = prepared.extra.get("cache", {})
-    parent_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    self_ru, child_ru = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    parent_rss, child_rss = self_ru.ru_maxrss / 1024, child_ru.ru_maxrss / 1024
+    cpu_parent = self_ru.ru_utime + self_ru.ru_stime - cpu0
+    cpu_workers = child_ru.ru_utime + child_ru.ru_stime
 
     t0 = time.perf_counter()
     again = prepare_file(args.data, cache_dir=cache_dir)
@@ -83,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         "n_jobs": args.n_jobs,
         "cold_s": round(cold_s, 2),
         "cold_mol_per_s": round(prepared.n_input / cold_s, 1),
+        # CPU seconds do not depend on other load on a shared machine. On an idle machine the
+        # wall time is at most parent + workers / cpus (the parent's reading and merging are
+        # counted as if they never overlapped with the workers).
+        "cold_cpu_s_parent": round(cpu_parent, 1),
+        "cold_cpu_s_workers": round(cpu_workers, 1),
+        "cold_s_idle_estimate": round(cpu_parent + cpu_workers / max(1, min(_available_cpus(), args.n_jobs or 10**9)), 1),
+        "cpu_ms_per_molecule": round(1000 * (cpu_workers + cpu_parent) / max(prepared.n_input, 1), 3),
         "warm_in_process_s": round(warm_in_process_s, 3),
         "warm_fresh_process_s": round(warm_process_s, 3),
         "warm_fresh_process_detail": warm,
