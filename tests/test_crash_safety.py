@@ -30,6 +30,12 @@ TRAIN_ARGS = ["--epochs", "4", "--batch-size", "16", "--embedding-dim", "16", "-
 TIME_COLUMNS = ["epoch_time_s", "elapsed_s"]
 
 
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """A preprocessing cache of this test's own: no state shared with other runs or the user's cache."""
+    monkeypatch.setenv("MOLVAE_CACHE_DIR", str(tmp_path / "molvae-cache"))
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("MOLVAE_DEBUG", None)

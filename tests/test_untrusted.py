@@ -36,6 +36,12 @@ class _RunsShell:
         return (os.system, (f"touch {self.target}",))
 
 
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """A preprocessing cache of this test's own: no state shared with other runs or the user's cache."""
+    monkeypatch.setenv("MOLVAE_CACHE_DIR", str(tmp_path / "molvae-cache"))
+
 def _payload(model: MolVAE) -> dict:
     return load_checkpoint(model.path) if model.path else model.payload()
 

@@ -26,11 +26,18 @@ def _read_reference(path: str) -> set[str]:
     return out
 
 
+def _output_file(ctx, param, value):
+    """--out must be .csv, .smi or .txt: checked before the model is loaded or any file is touched."""
+    if value is not None and Path(value).suffix.lower() not in (".csv", ".smi", ".txt"):
+        raise click.BadParameter(f"output {value} must end in .csv, .smi or .txt")
+    return value
+
+
 @main.command("generate")
 @click.option("--n", "-n", "n", type=int, default=1000, show_default=True, callback=positive_int,
               help="Number of molecules.")
 @model_option
-@click.option("--out", "-o", type=click.Path(dir_okay=False),
+@click.option("--out", "-o", type=click.Path(dir_okay=False), callback=_output_file,
               help="Write smiles,selfies,valid to .csv (or SMILES only to .smi); default: SMILES on stdout.")
 @click.option("--temperature", "-t", type=float, default=1.0, show_default=True, callback=positive_float,
               help="Softmax temperature of the decoder.")
@@ -58,6 +65,8 @@ def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, uniq
 
     from ..errors import InvalidInputError
 
+    if properties and not (out and Path(out).suffix.lower() == ".csv"):
+        raise click.BadParameter("property columns go into a CSV: use --out FILE.csv", param_hint="--properties")
     model = load_model(model_spec, device)
     exclude = _read_reference(novel_vs) if novel_vs else None
     filtering = unique or exclude is not None
