@@ -214,3 +214,82 @@ def test_cli_reports_divergence_in_one_line(tmp_path, small_csv, monkeypatch):
     assert res.exit_code == 1
     assert "Traceback" not in res.output
     assert "3 consecutive steps with a non-finite loss or gradient" in res.output
+
+
+# ----------------------------------------------------------------------------- large outputs
+
+def _complete_rows(path: Path) -> tuple[list[list[str]], bool]:
+    """The rows of complete lines of a generated CSV, and whether the file ends with a complete line."""
+    import csv
+
+    raw = path.read_bytes()
+    complete, _, tail = raw.rpartition(b"\n")
+    rows = list(csv.reader(complete.decode("utf-8").splitlines()))
+    return rows, tail == b""
+
+
+def _assert_rows_valid(rows: list[list[str]]) -> None:
+    assert rows[0] == ["smiles", "selfies", "valid"]
+    for row in rows[1:]:
+        assert len(row) == 3 and row[2] in ("True", "False") and row[1].startswith("["), row
+
+
+def _start_generation(model: Path, out: Path) -> subprocess.Popen:
+    env = _env()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(_cli("generate", "--n", "1000000", "--model", str(model), "--out", str(out),
+                                 "--batch-size", "200", "--seed", "0", "--device", "cpu", "--no-progress"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (out.exists() and out.stat().st_size > 20_000):
+        if proc.poll() is not None:
+            raise AssertionError(f"generate ended early (rc {proc.returncode}): {proc.communicate()[1]}")
+        assert time.monotonic() - t0 < 240, "no output within 240 s"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_generation_leaves_only_complete_rows(tmp_path, tiny_run):
+    out = tmp_path / "big.csv"
+    proc = _start_generation(tiny_run.run_dir / "model.pt", out)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.startswith("Error")]
+    assert len(lines) == 1 and "interrupted" in lines[0], err
+    rows, ends_clean = _complete_rows(out)
+    assert ends_clean, "half-written row at the end of the file after a clean exit"
+    _assert_rows_valid(rows)
+    assert f"holds {len(rows) - 1} complete molecules" in lines[0]
+    assert 0 < len(rows) - 1 < 1_000_000
+
+
+@pytest.mark.slow
+def test_sigkill_during_generation_leaves_valid_complete_lines(tmp_path, tiny_run):
+    out = tmp_path / "big.csv"
+    proc = _start_generation(tiny_run.run_dir / "model.pt", out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    rows, _ = _complete_rows(out)
+    _assert_rows_valid(rows)
+    assert len(rows) > 1
+
+
+@pytest.mark.slow
+def test_generation_memory_stays_flat_as_n_grows(tmp_path, tiny_run):
+    """Loose check of benchmarks/bench_generate_memory.py: peak RSS at 20k molecules is within
+    a few tens of MB of 2k (a non-streaming writer would hold ~10x more rows in memory)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_generate_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_generate_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = tiny_run.run_dir / "model.pt"
+    small = bench.measure(model, 2_000, tmp_path / "a.csv", threads=1, batch_size=500)
+    large = bench.measure(model, 20_000, tmp_path / "b.csv", threads=1, batch_size=500)
+    for r in (small, large):
+        assert r["rows"] == r["rows_expected"] and r["malformed_rows"] == 0 and r["ends_with_newline"]
+    assert large["peak_rss_mb"] - small["peak_rss_mb"] < 40, (small, large)
