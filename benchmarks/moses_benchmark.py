@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = model.metadata
     result = {
         "benchmark": "moses",
+        "command": " ".join(["python", "benchmarks/moses_benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
         "model": str(path),
         "model_parameters": model.net.n_parameters(),
         "model_file_bytes": Path(path).stat().st_size,
