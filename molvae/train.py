@@ -253,7 +253,7 @@ def _all_finite(net: torch.nn.Module) -> bool:
 
 def _remove_stale_temp_files(run: Path) -> None:
     """Delete temp files of atomic writes that a killed process left in ``run``."""
-    for name in ("checkpoint.pt", "model.pt", "history.csv", "config.json"):
+    for name in ("checkpoint.pt", "model.pt", "history.csv", "config.json", "rejected.csv"):
         for tmp in run.glob(f".{name}.*.tmp"):
             try:
                 tmp.unlink()
@@ -415,7 +415,10 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
         run = _make_run_dir(out_dir, runs_dir) if dist.is_main else None
         run = dist.broadcast_object(run)
     if dist.is_main and not (state is not None and (run / "rejected.csv").exists()):
-        prepared.rejected.to_csv(run / "rejected.csv", index=False)
+        # Atomic like every file of the run: a kill mid-write must not leave a truncated list
+        # that a resume would then keep.
+        rejected_text = prepared.rejected.to_csv(index=False)
+        atomic_write(run / "rejected.csv", lambda f: f.write(rejected_text.encode("utf-8")))
 
     device = resolve_device(tc.device)
     if dist.enabled and device.type == "cuda":
