@@ -615,7 +615,7 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
                     loss_acc_t += loss.detach() * n
                     n_acc += n
                     if ploss is not None:
-                        sums["prop"] += float(ploss) * n
+                        sums["prop"] += float(ploss.detach()) * n
                 global_step += 1
                 bar.update(1)
                 if tc.show_progress and bi % 20 == 0 and n_acc:
