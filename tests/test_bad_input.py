@@ -326,3 +326,46 @@ def test_train_bad_option_values(tmp_path, small_csv, args, option):
     res = cli("train", small_csv, "--out", tmp_path / "r", *args)
     bad_option(res, option)
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- the other commands
+
+def needs(command: str) -> None:
+    if command not in main.commands:
+        pytest.skip(f"no `molvae {command}` in this checkout")
+
+
+def test_encode_reports_rows_outside_the_vocabulary(tmp_path, tiny_run):
+    needs("encode")
+    out = tmp_path / "z.csv"
+    res = cli("encode", BAD / "metals_and_rare_elements.csv", "--model", tiny_run.run_dir, "--out", out)
+    assert res.exit_code == 0, res.output
+    z = pd.read_csv(out, keep_default_na=False)
+    assert z["row"].tolist() == [1, 2, 3, 4, 5]  # one output row per input row, in order
+    assert all("not in the model's vocabulary" in r for r in z["reason"][:4]) and z["reason"][4] == ""
+    assert "4 of 5 rows could not be encoded" in res.output
+
+
+@pytest.mark.parametrize("name, needle", [("empty.csv", "empty"), ("non_utf8.csv", "line 3"),
+                                          ("ambiguous_columns.csv", "ambiguous SMILES column")])
+def test_encode_refuses_unreadable_files(tmp_path, tiny_run, name, needle):
+    needs("encode")
+    res = cli("encode", BAD / name, "--model", tiny_run.run_dir, "--out", tmp_path / "z.csv")
+    refused(res, str(BAD / name), needle)
+    assert not (tmp_path / "z.csv").exists()
+
+
+def test_evaluate_refuses_unreadable_files(tmp_path):
+    needs("evaluate")
+    refused(cli("evaluate", BAD / "header_only.csv", "-j", "1"), str(BAD / "header_only.csv"), "no rows")
+    refused(cli("evaluate", BAD / "windows_crlf.csv", "--train", BAD / "non_utf8.csv", "-j", "1"),
+            str(BAD / "non_utf8.csv"), "line 3", "UTF-8")
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--objective", "bogus"], "--objective"),
+    (["--objective", "qed", "--budget", "-5"], "--budget"),
+])
+def test_optimize_bad_option_values(tiny_run, args, option):
+    needs("optimize")
+    bad_option(cli("optimize", "--model", tiny_run.run_dir, *args), option)
