@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode != 0:
                 raise SystemExit(f"configuration {name} failed (exit {proc.returncode})")
             results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"[{name}] " + json.dumps(results[name]), file=sys.stderr, flush=True)
     device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) else args.device
     report = {
         "data": str(args.data), "n_molecules": args.n_molecules or "all",
