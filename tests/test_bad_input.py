@@ -124,8 +124,8 @@ def test_ambiguous_smiles_column(tmp_path):
     path = BAD / "ambiguous_columns.csv"
     refused(cli("train", path, "--out", tmp_path / "r", *TINY), str(path), "ambiguous SMILES column",
             "CanonicalSMILES", "IsomericSMILES", "--smiles-column")
-    run, rejected, meta = train_ok(tmp_path, "ambiguous_columns.csv", "--smiles-column", "IsomericSMILES")
-    assert meta["n_molecules"] == 2
+    table = read_molecules(path, smiles_column="IsomericSMILES")
+    assert table["input"].tolist() == ["CCO", "CC(=O)O"]
 
 
 def test_non_utf8_bytes(tmp_path, tiny_run):
@@ -191,8 +191,9 @@ def test_windows_line_endings(tmp_path):
     table = read_molecules(BAD / "windows_crlf.csv")
     assert table["input"].tolist() == ["CCO", "c1ccccc1O", "CC(=O)O", "CCN"]
     assert not any("\r" in str(v) for v in table["name"])
-    run, rejected, meta = train_ok(tmp_path, "windows_crlf.csv")
-    assert meta["n_input"] == 4 and len(rejected) == 0
+    prep = prepare(table)
+    accounted(table, prep)
+    assert len(prep) == 4
 
 
 def test_quoted_fields_with_commas(tmp_path):
@@ -200,8 +201,9 @@ def test_quoted_fields_with_commas(tmp_path):
     assert table["input"].tolist() == ["CCO", "c1ccccc1O", "CC(=O)O"]
     assert table["name"].tolist() == ["ethanol, absolute", "phenol", "acetic acid, glacial"]
     assert table["note"].tolist()[2] == 'quoted "SMILES" field'
-    run, rejected, meta = train_ok(tmp_path, "quoted_commas.csv")
-    assert meta["n_molecules"] == 3
+    prep = prepare(table)
+    accounted(table, prep)
+    assert len(prep) == 3
 
 
 def test_huge_molecule_beyond_max_len(tmp_path, tiny_model):
@@ -253,8 +255,9 @@ def test_metals_outside_the_vocabulary_at_encode_time(tmp_path, tiny_model):
     assert reasons[4] is None
     assert pd.isna(z[:4]).all() and not pd.isna(z[4]).any()
     # training on them is fine: the vocabulary is built from the data
-    run, rejected, meta = train_ok(tmp_path, "metals_and_rare_elements.csv")
-    assert meta["n_molecules"] == 5
+    prep = prepare(table)
+    accounted(table, prep)
+    assert len(prep) == 5 and {"[Pt]", "[Hg]", "[U]", "[Se]"} <= set(prep.vocab.tokens)
 
 
 def test_missing_property_values_are_masked_and_reported(tmp_path):

@@ -23,7 +23,7 @@ from molvae.train import TrainingDiverged
 from conftest import TINY_MODEL, tiny_train_config
 
 # A tiny model trained by the CLI: 180 training molecules in batches of 16 = 12 steps per epoch.
-TRAIN_ARGS = ["--epochs", "4", "--batch-size", "16", "--embedding-dim", "16", "--hidden-dim", "16",
+TRAIN_ARGS = ["--epochs", "2", "--batch-size", "16", "--embedding-dim", "16", "--hidden-dim", "16",
               "--decoder-hidden-dim", "32", "--latent-dim", "4", "--kl-warmup", "2", "--word-dropout", "0.1",
               "--device", "cpu", "--threads", "1", "--seed", "7", "--checkpoint-every", "5",
               "--no-progress", "--n-jobs", "1"]
@@ -90,7 +90,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, small_csv):
     assert proc.returncode == -signal.SIGKILL
     state = load_checkpoint(killed / "checkpoint.pt")["training_state"]
     # Killed before the end: the resume has work left to do.
-    assert (state["epoch"], state["batch"]) < (4, 0)
+    assert (state["epoch"], state["batch"]) < (2, 0)
 
     res = subprocess.run(_cli("train", "--resume", str(killed), "--no-progress"), env=_env(),
                          capture_output=True, text=True, timeout=600)
@@ -99,7 +99,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, small_csv):
     _assert_same_weights(full / "checkpoint.pt", killed / "checkpoint.pt")
     _assert_same_weights(full / "model.pt", killed / "model.pt")
     pd.testing.assert_frame_equal(_history(full), _history(killed), check_exact=True)
-    assert len(_history(killed)) == 4
+    assert len(_history(killed)) == 2
     # No temporary files of interrupted atomic writes are left behind.
     assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]
 
@@ -173,7 +173,7 @@ def _inject(monkeypatch, poison_calls: set[int], corrupt_at: int | None = None):
 
 
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, small_csv, monkeypatch):
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # 2 threads spin on a busy machine; the result does not depend on it
     _inject(monkeypatch, poison_calls={3, 5, 6, 15})
     cfg = tiny_train_config(epochs=2, batch_size=16, max_bad_steps=3)
     result = train(small_csv, tmp_path / "run", model_config=TINY_MODEL, train_config=cfg, runs_dir=tmp_path)
@@ -185,7 +185,7 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, small_csv, monkeypat
 
 
 def test_consecutive_non_finite_steps_stop_and_keep_last_good_checkpoint(tmp_path, small_csv, monkeypatch):
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # 2 threads spin on a busy machine; the result does not depend on it
     run = tmp_path / "run"
     # 12 steps per epoch, checkpoints every 5 steps: the weight is poisoned on step 17 (epoch 2).
     _inject(monkeypatch, poison_calls=set(), corrupt_at=17)
