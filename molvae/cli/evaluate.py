@@ -1,0 +1,89 @@
+"""``molvae evaluate``: the MOSES metric table of generated molecules."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import main
+from .common import device_option
+
+
+def _parse_k(ctx, param, value: str) -> list[int]:
+    try:
+        ks = [int(part) for part in str(value).split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated positive integers like 1000,10000, got {value!r}")
+    if not ks or any(k < 1 for k in ks):
+        raise click.BadParameter(f"expected comma-separated positive integers like 1000,10000, got {value!r}")
+    return ks
+
+
+def _non_negative(ctx, param, value):
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(ctx, param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be a positive integer, got {value}")
+    return value
+
+
+@main.command("evaluate")
+@click.argument("generated", type=click.Path(dir_okay=False))
+@click.option("--train", type=click.Path(dir_okay=False), help="Training set, for Novelty.")
+@click.option("--test", type=click.Path(dir_okay=False),
+              help="Test set: FCD/SNN/Frag/Scaf /Test, property distances, held-out molecules for --model.")
+@click.option("--test-scaffolds", type=click.Path(dir_okay=False), help="Scaffold test set: the /TestSF figures.")
+@click.option("--k", "k", default="1000,10000", show_default=True, callback=_parse_k,
+              help="Sizes for unique@k, comma-separated.")
+@click.option("--n-jobs", "-j", type=int, default=0, show_default=True, callback=_non_negative,
+              help="Worker processes and torch threads (0 = all cores).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+              help="Write every figure, the counts behind it, notes and timings as JSON.")
+@device_option
+@click.option("--model", "-m", "model_spec", default=None, metavar="PATH|NAME",
+              help="Also measure this model on held-out test molecules: reconstruction, KL, active units.")
+@click.option("--heldout-size", type=int, default=1000, show_default=True, callback=_positive,
+              help="Test molecules sampled for the --model figures.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out sample.")
+@click.option("--smiles-column", default=None, help="SMILES column of CSV inputs (default: found by name).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Reference-statistics cache [default: $MOLVAE_CACHE_DIR or ~/.cache/molvae].")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write cached reference statistics.")
+@click.option("--no-fcd", is_flag=True, help="Skip FCD (the slowest figure; needs the fcd package).")
+@click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [default: when a terminal].")
+def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, json_out, device, model_spec, heldout_size,
+                 seed, smiles_column, cache_dir, no_cache, no_fcd, progress):
+    """MOSES metrics of the molecules in GENERATED (csv/smi/sdf, e.g. from `molvae generate`).
+
+    \b
+    Figures (MOSES definitions, Polykovskiy et al. 2020):
+      valid, unique@k, Novelty (vs --train), IntDiv, IntDiv2, Filters,
+      FCD/SNN/Frag/Scaf vs --test (/Test) and --test-scaffolds (/TestSF),
+      Wasserstein-1 of logP, SA, QED, weight vs --test,
+      with --model: held-out Reconstruction, KL, ActiveUnits.
+    Reference statistics are cached, so the second run against the same files is fast.
+
+    \b
+    Example:
+      molvae evaluate generated.csv --train train.csv.gz --test test.csv.gz \\
+          --test-scaffolds test_scaffolds.csv.gz --json metrics.json
+    """
+    from ..metrics import evaluate
+    from .common import load_model
+
+    model = load_model(model_spec, device) if model_spec else None
+    show = progress if progress is not None else sys.stderr.isatty()
+    result = evaluate(generated, train=train, test=test, test_scaffolds=test_scaffolds, k=k, n_jobs=n_jobs,
+                      device=device, model=model, heldout_size=heldout_size, seed=seed, cache_dir=cache_dir,
+                      use_cache=not no_cache, compute_fcd=not no_fcd, progress=show, smiles_column=smiles_column)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(result.format_table())
+    if json_out:
+        path = result.to_json(json_out)
+        click.echo(f"wrote {path}", err=True)
