@@ -1,0 +1,177 @@
+"""``molvae optimize`` and ``molvae predict``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import main
+from .common import device_option, load_model, model_option, positive_float, positive_int
+
+
+def _threads(value: int | None) -> None:
+    if value:
+        import torch
+
+        torch.set_num_threads(value)
+
+
+def _read_smiles(path: str) -> list[str]:
+    from ..data import read_molecules
+
+    return [s for s in read_molecules(path)["input"].tolist() if isinstance(s, str) and s.strip()]
+
+
+def _optional_limit(ctx, param, value):
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be >= 0 (0 = no limit), got {value}")
+    return value
+
+
+@main.command("optimize")
+@model_option
+@click.option("--objective", "-O", required=True, metavar="SPEC",
+              help="qed, logp, plogp (unnormalized), plogp_zinc (JT-VAE normalized), sa, similarity:<SMILES>, "
+                   "weighted sums like 'qed+0.5*similarity:CCO', a plugin module:function or file.py:function, "
+                   "or a .json/.toml file of terms.")
+@click.option("--method", type=click.Choice(["bo", "gradient"]), default="bo", show_default=True,
+              help="bo: batch Bayesian optimization (BoTorch GP, TuRBO trust region); gradient: gradient "
+                   "ascent on the property head (or a fitted surrogate).")
+@click.option("--budget", type=int, default=1000, show_default=True, callback=positive_int,
+              help="Oracle budget: distinct molecules scored (never exceeded).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="CSV log of every molecule seen: step, smiles, score, method, similarity, charged, status.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write a JSON summary here.")
+@click.option("--top", "top_k", type=int, default=10, show_default=True, callback=positive_int,
+              help="Molecules printed at the end.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same search).")
+@click.option("--start", help="Start molecule (SMILES): gradient paths / the trust region start from it.")
+@click.option("--min-similarity", type=float,
+              help="Constrained mode: keep Tanimoto (Morgan r=2, 2048 bits) to --start at least this.")
+@click.option("--init", "init_file", type=click.Path(dir_okay=False, exists=True),
+              help="Molecules for the initial design (e.g. the training set), encoded; default: prior samples.")
+@click.option("--n-init", type=int, callback=positive_int, help="Size of the initial design [budget/5, <= 200].")
+@click.option("--max-heavy-atoms", type=int, default=38, show_default=True, callback=_optional_limit,
+              help="Guard: molecules with more heavy atoms are not scored (0 = no limit).")
+@click.option("--max-sa", type=float, callback=positive_float, help="Guard: SA score at most this.")
+@click.option("--max-ring-size", type=int, callback=positive_int, help="Guard: no ring larger than this.")
+@click.option("--min-ring-size", type=int, callback=positive_int, help="Guard: no ring smaller than this.")
+@click.option("--batch-size", type=int, callback=positive_int, help="bo: points per batch [10].")
+@click.option("--acquisition", type=click.Choice(["qei", "qucb", "ts"]),
+              help="bo: q-log expected improvement, q-UCB or Thompson sampling [qei].")
+@click.option("--steps", type=int, callback=positive_int, help="gradient: steps per round [40].")
+@click.option("--step-size", type=float, callback=positive_float, help="gradient: step length in latent units [0.15].")
+@click.option("--n-starts", type=int, callback=positive_int, help="gradient: parallel paths [16].")
+@click.option("--trust-radius", type=float, callback=positive_float,
+              help="gradient: max distance of a path from its start [4].")
+@click.option("--prior-weight", type=float, help="gradient: weight of the -||z||^2/2 prior penalty [0.05].")
+@device_option
+@click.option("--threads", type=int, callback=positive_int, help="CPU threads for torch.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar with the best score so far.")
+def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, seed, start, min_similarity, init_file,
+                 n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, batch_size, acquisition, steps,
+                 step_size, n_starts, trust_radius, prior_weight, device, threads, progress):
+    """Search the latent space for molecules that maximize an objective.
+
+    \b
+    Examples:
+      molvae optimize --model runs/zinc --objective qed --method bo --budget 1000 --out qed.csv
+      molvae optimize --objective plogp --method gradient --budget 500
+      molvae optimize --objective plogp --start 'CCc1ccccc1O' --min-similarity 0.4 --budget 200
+      molvae optimize --objective 'qed+0.5*similarity:CC(=O)Oc1ccccc1C(=O)O' --budget 300
+      molvae optimize --objective my_scores:score --budget 300     # def score(smiles_list) -> floats
+
+    The top molecules are printed as CSV on stdout (rank, smiles, score[, similarity, improvement]).
+    """
+    from ..errors import InvalidInputError
+    from ..objectives import Guards, parse_objective
+    from ..optimize import optimize
+
+    if min_similarity is not None and not start:
+        raise click.UsageError("--min-similarity needs --start SMILES")
+    if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
+        raise click.BadParameter(f"must be in [0, 1], got {min_similarity}", param_hint="--min-similarity")
+    guards = Guards(max_heavy_atoms=max_heavy_atoms or None, max_sa=max_sa, max_ring_size=max_ring_size,
+                    min_ring_size=min_ring_size)
+    try:
+        obj = parse_objective(objective, guards)
+    except InvalidInputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--objective") from None
+    _threads(threads)
+    if method == "gradient":
+        settings = {"n_init": n_init, "steps": steps, "step_size": step_size, "n_starts": n_starts,
+                    "trust_radius": trust_radius, "prior_weight": prior_weight}
+        unused = {"--batch-size": batch_size, "--acquisition": acquisition}
+    else:
+        settings = {"n_init": n_init, "batch_size": batch_size, "acquisition": acquisition}
+        unused = {"--steps": steps, "--step-size": step_size, "--n-starts": n_starts, "--trust-radius": trust_radius,
+                  "--prior-weight": prior_weight}
+    given = [k for k, v in unused.items() if v is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only apply to the other --method")
+    model = load_model(model_spec, device)
+    init = _read_smiles(init_file) if init_file else None
+    click.echo(f"objective {obj.name} (guards: {obj.guards.describe()}), method {method}, budget {budget}", err=True)
+    res = optimize(model, obj, method=method, budget=budget, seed=seed, start=start, min_similarity=min_similarity,
+                   init_smiles=init, log_path=out, top_k=top_k, progress=progress, settings=settings)
+    click.echo(f"{res.n_calls} oracle calls in {res.elapsed_s:.1f} s ({res.stop_reason}); "
+               f"{len(res.log)} distinct molecules seen", err=True)
+    if res.start_smiles is not None:
+        click.echo(f"start {res.start_smiles}: score {res.start_score:.4f}", err=True)
+        if res.success:
+            click.echo(f"best improvement {res.improvement:+.4f} at similarity {res.top['similarity'].iloc[0]:.3f}",
+                       err=True)
+        else:
+            click.echo("no molecule above the start's score was found"
+                       + (f" at similarity >= {min_similarity}" if min_similarity is not None else ""), err=True)
+    if out:
+        click.echo(f"log: {out}", err=True)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(res.summary(), indent=2, default=float) + "\n", encoding="utf-8")
+    constrained = res.start_smiles is not None
+    header = ["rank", "smiles", "score"] + (["similarity", "improvement"] if constrained else [])
+    click.echo(",".join(header))
+    for i, row in enumerate(res.top.itertuples(index=False), start=1):
+        cells = [str(i), row.smiles, f"{row.score:.4f}"]
+        if constrained:
+            cells += [f"{row.similarity:.3f}", f"{row.score - res.start_score:+.4f}"]
+        click.echo(",".join(cells))
+    if res.top.empty:
+        click.echo("no molecule could be scored; see the log for the reasons", err=True)
+
+
+@main.command("predict")
+@click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False))
+@model_option
+@click.option("--smiles-column", help="SMILES column of a CSV (default: 'smiles' in any case, or the only column).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write CSV here instead of stdout.")
+@click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int)
+@device_option
+def predict_cmd(input_file, model_spec, smiles_column, out, batch_size, device):
+    """Predict properties of the molecules in INPUT with the model's property head.
+
+    Output CSV, one row per input record in order: row, input, smiles (canonical), one column
+    per property (de-standardized to the training data's units), and reason (why a molecule
+    could not be encoded; empty otherwise).
+    """
+    from ..data import read_molecules
+    from ..optimize.head import predict_properties
+
+    table = read_molecules(input_file, smiles_column)
+    model = load_model(model_spec, device)
+    pred = predict_properties(model, table["input"].tolist(), batch_size=batch_size)
+    pred.insert(0, "input", table["input"].values)
+    pred.insert(0, "row", table["row"].values)
+    n_bad = int((pred["reason"] != "").sum())
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        pred.to_csv(out, index=False, float_format="%.6g")
+        click.echo(f"wrote {len(pred)} rows to {out}", err=True)
+    else:
+        pred.to_csv(sys.stdout, index=False, float_format="%.6g")
+    if n_bad:
+        click.echo(f"{n_bad} of {len(pred)} molecules could not be encoded (see the reason column)", err=True)

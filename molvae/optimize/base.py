@@ -1,0 +1,171 @@
+"""Settings, results and latent-space helpers shared by the optimizers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import InvalidInputError
+
+__all__ = ["GradientSettings", "BOSettings", "OptimizationResult", "decode_smiles", "encode_smiles",
+           "prior_latents", "settings_from_dict"]
+
+
+@dataclass(frozen=True)
+class GradientSettings:
+    """Gradient ascent in latent space (on the property head, else on a fitted MLP surrogate).
+
+    Each round runs ``n_starts`` paths for ``steps`` steps of length ``step_size`` (latent
+    units) along the normalized gradient of ``f(z) − prior_weight·‖z‖²/2``, keeping each
+    path within ``trust_radius`` of its start; every step's point is decoded (greedy) and
+    new molecules go to the oracle. Later rounds restart from the best molecules found,
+    jittered by ``restart_noise``, and from fresh start points.
+    """
+
+    n_starts: int = 16
+    steps: int = 40
+    step_size: float = 0.15
+    prior_weight: float = 0.05
+    trust_radius: float = 4.0
+    restart_noise: float = 0.3
+    n_init: int | None = None        # surrogate mode: molecules scored before the first fit (default budget/5, ≤ 200)
+    patience: int = 5                 # rounds without a new molecule before giving up
+    use_head: bool = True             # use a property head matching the objective when there is one
+
+
+@dataclass(frozen=True)
+class BOSettings:
+    """Batch Bayesian optimization with a GP on latent vectors inside a TuRBO trust region.
+
+    The GP (BoTorch ``SingleTaskGP``) models the objective on latent vectors scaled to the
+    unit cube by the initial design's range; each iteration proposes ``batch_size`` points
+    maximizing ``acquisition`` (``qei`` = q-log expected improvement, ``qucb`` = q-upper
+    confidence bound with ``ucb_beta``, ``ts`` = Thompson sampling) inside a box around
+    the best point whose side ``tr_length`` grows after ``success_tolerance`` improving
+    batches and halves after ``failure_tolerance`` failing ones (Eriksson et al. 2019).
+    """
+
+    batch_size: int = 10
+    acquisition: str = "qei"
+    n_init: int | None = None        # initial design size (default budget/5, between 2·batch and 200)
+    ucb_beta: float = 2.0
+    tr_length: float = 0.8
+    tr_length_min: float = 0.5 ** 7
+    tr_length_max: float = 1.6
+    success_tolerance: int = 3
+    failure_tolerance: int | None = None   # default ceil(max(4, latent_dim) / batch_size)
+    max_gp_points: int = 800          # best and most recent points the GP is fitted on
+    num_restarts: int = 4
+    raw_samples: int = 256
+    init_noise: float = 0.5           # constrained mode: spread of the initial design around the start
+    patience: int = 20                # batches without a new molecule before giving up
+
+    def __post_init__(self) -> None:
+        if self.acquisition not in ("qei", "qucb", "ts"):
+            raise InvalidInputError(f"acquisition must be qei, qucb or ts, got {self.acquisition!r}")
+        if self.batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def settings_from_dict(cls: type, options: dict[str, Any] | None):
+    """Build ``cls`` from ``options`` ignoring ``None`` values; unknown keys are an error."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise InvalidInputError(f"unknown {cls.__name__} option(s) {unknown}; expected some of {sorted(names)}")
+    return cls(**options)
+
+
+@dataclass
+class OptimizationResult:
+    """What :func:`molvae.optimize.optimize` returns.
+
+    Attributes:
+        top: the best distinct molecules found (``smiles, score, step, similarity``), best first;
+            in constrained mode only molecules at or above the similarity floor, start excluded.
+        log: every molecule seen (``step, smiles, score, method, similarity, charged, status``).
+        n_calls: oracle calls spent (distinct molecules scored), never more than ``budget``.
+        start_smiles, start_score: the start molecule and its score (constrained mode).
+        improvement: best score − start score (constrained mode; 0 when nothing better was found).
+    """
+
+    method: str
+    objective: str
+    budget: int
+    n_calls: int
+    seed: int | None
+    top: pd.DataFrame
+    log: pd.DataFrame
+    elapsed_s: float
+    start_smiles: str | None = None
+    start_score: float | None = None
+    min_similarity: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str = ""
+
+    @property
+    def best_smiles(self) -> str | None:
+        return None if self.top.empty else str(self.top["smiles"].iloc[0])
+
+    @property
+    def best_score(self) -> float:
+        return math.nan if self.top.empty else float(self.top["score"].iloc[0])
+
+    @property
+    def improvement(self) -> float | None:
+        if self.start_score is None or not math.isfinite(self.start_score):
+            return None
+        if self.top.empty:
+            return 0.0
+        return max(0.0, self.best_score - self.start_score)
+
+    @property
+    def success(self) -> bool | None:
+        """Constrained mode: a molecule other than the start, above the floor, that scores higher."""
+        imp = self.improvement
+        return None if imp is None else imp > 0
+
+    def summary(self) -> dict[str, Any]:
+        top = self.top.head(10)
+        out = {"method": self.method, "objective": self.objective, "budget": self.budget, "n_calls": self.n_calls,
+               "seed": self.seed, "elapsed_s": round(self.elapsed_s, 2), "best_smiles": self.best_smiles,
+               "best_score": self.best_score, "stop_reason": self.stop_reason,
+               "top": [{"smiles": s, "score": float(v)} for s, v in zip(top["smiles"], top["score"])],
+               "settings": self.settings}
+        if self.start_smiles is not None:
+            best_sim = float(self.top["similarity"].iloc[0]) if not self.top.empty else None
+            out.update({"start_smiles": self.start_smiles, "start_score": self.start_score,
+                        "min_similarity": self.min_similarity, "improvement": self.improvement,
+                        "similarity": best_sim, "success": self.success})
+        return out
+
+
+# ----------------------------------------------------------------------------- latent helpers
+
+def decode_smiles(model, z: np.ndarray | torch.Tensor) -> list[str]:
+    """Greedy decode of latent rows to canonical SMILES ('' where no molecule)."""
+    if isinstance(z, torch.Tensor):
+        z = z.detach().float().cpu().numpy()
+    if len(z) == 0:
+        return []
+    return list(model.decode(np.asarray(z, dtype=np.float32), greedy=True)["smiles"])
+
+
+def encode_smiles(model, smiles: list[str]) -> np.ndarray:
+    """Latent means (NaN rows where a molecule cannot be encoded)."""
+    if not smiles:
+        return np.zeros((0, model.config.latent_dim), dtype=np.float32)
+    z, _ = model.encode(list(smiles))
+    return z
+
+
+def prior_latents(n: int, dim: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    """``n`` draws of z ~ N(0, scale² I)."""
+    return (rng.standard_normal((n, dim)) * scale).astype(np.float32)

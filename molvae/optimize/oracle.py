@@ -1,0 +1,176 @@
+"""The oracle: the one place an objective is called, with its budget, cache and log.
+
+The budget counts *distinct molecules passed to the objective*. A molecule seen before
+is answered from the cache and never charged again, whatever its score (NaN included).
+Decodes that give no molecule, molecules a guard rejects and, in constrained mode,
+molecules under the similarity floor never reach the objective and are not charged;
+they are logged once with their reason. The budget is never exceeded: when fewer calls
+remain than new molecules arrive, the first ones (in order) are scored and the rest
+are left unscored.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rdkit import DataStructs
+
+from .. import chem
+from ..errors import InvalidInputError
+from ..objectives import Objective
+
+__all__ = ["Oracle", "LOG_COLUMNS"]
+
+LOG_COLUMNS = ["step", "smiles", "score", "method", "similarity", "charged", "status"]
+
+
+@dataclass
+class _Entry:
+    score: float
+    status: str
+    similarity: float
+
+
+class Oracle:
+    """Scores molecules with ``objective`` within ``budget`` distinct calls, logging each.
+
+    Args:
+        objective: what to maximize (guards included).
+        budget: most distinct molecules to score.
+        method: written in the log's ``method`` column.
+        start: the start molecule of constrained mode (canonical SMILES).
+        min_similarity: in constrained mode, molecules with Tanimoto (Morgan r=2, 2048 bits)
+            below this to ``start`` are rejected unscored.
+        log_path: CSV file written row by row (``step, smiles, score, method, similarity,
+            charged, status``); ``None`` keeps the log in memory only.
+        progress: a tqdm bar (total = budget) to advance, or ``None``.
+    """
+
+    def __init__(self, objective: Objective, budget: int, *, method: str = "", start: str | None = None,
+                 min_similarity: float | None = None, log_path: str | Path | None = None, progress=None):
+        if budget < 1:
+            raise InvalidInputError(f"budget must be a positive number of oracle calls, got {budget}")
+        if min_similarity is not None and start is None:
+            raise InvalidInputError("a similarity floor needs a start molecule")
+        self.objective = objective
+        self.budget = int(budget)
+        self.method = method
+        self.start = start
+        self.min_similarity = min_similarity
+        self._start_fp = chem.morgan_fingerprint(start, 2, 2048) if start else None
+        if start and self._start_fp is None:
+            raise InvalidInputError(f"start molecule {start!r} is not a valid SMILES")
+        self.cache: dict[str, _Entry] = {}
+        self.rows: list[dict] = []
+        self.n_calls = 0
+        self.best_score = -math.inf
+        self.best_smiles: str | None = None
+        self.progress = progress
+        self.t0 = time.perf_counter()
+        self._log_file = None
+        self._writer = None
+        if log_path is not None:
+            path = Path(log_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(path, "w", newline="", encoding="utf-8")
+            self._writer = csv.DictWriter(self._log_file, fieldnames=LOG_COLUMNS)
+            self._writer.writeheader()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.n_calls
+
+    @property
+    def exhausted(self) -> bool:
+        return self.n_calls >= self.budget
+
+    def similarity(self, smiles: str) -> float:
+        """Tanimoto to the start molecule (NaN without one or for an invalid SMILES)."""
+        if self._start_fp is None:
+            return math.nan
+        fp = chem.morgan_fingerprint(smiles, 2, 2048)
+        return math.nan if fp is None else DataStructs.TanimotoSimilarity(self._start_fp, fp)
+
+    def seen(self, smiles: str) -> bool:
+        return smiles in self.cache
+
+    # ------------------------------------------------------------------ scoring
+    def __call__(self, smiles: Sequence[str], step: int = 0, method: str | None = None) -> np.ndarray:
+        """Scores of ``smiles`` (canonical; '' = no molecule), NaN where not scored.
+
+        New molecules are scored in order until the budget runs out; repeats come from the cache.
+        """
+        smiles = list(smiles)
+        out = np.full(len(smiles), np.nan)
+        method = method or self.method
+        fresh: list[str] = []
+        for s in smiles:
+            if s and s not in self.cache and s not in fresh:
+                fresh.append(s)
+        to_score: list[str] = []
+        for s in fresh:
+            sim = self.similarity(s)
+            if self.min_similarity is not None and not sim >= self.min_similarity:
+                self._record(step, s, math.nan, method, sim, False, f"similarity {sim:.3f} < {self.min_similarity}")
+                continue
+            reason = self.objective.reject_reason(s)
+            if reason is not None:
+                self._record(step, s, math.nan, method, sim, False, reason)
+                continue
+            if len(to_score) >= self.remaining:
+                break  # budget spent: leave the rest unscored and uncached
+            to_score.append(s)
+        if to_score:
+            scores, reasons = self.objective.evaluate(to_score)
+            for s, v, r in zip(to_score, scores, reasons):
+                self.n_calls += 1
+                self._record(step, s, float(v), method, self.similarity(s), True, r or "ok")
+        for i, s in enumerate(smiles):
+            e = self.cache.get(s)
+            if e is not None:
+                out[i] = e.score
+        if self._log_file is not None:
+            self._log_file.flush()
+        return out
+
+    def _record(self, step: int, smiles: str, score: float, method: str, sim: float, charged: bool,
+                status: str) -> None:
+        self.cache[smiles] = _Entry(score, status, sim)
+        row = {"step": step, "smiles": smiles, "score": score, "method": method, "similarity": sim,
+               "charged": charged, "status": status}
+        self.rows.append(row)
+        if self._writer is not None:
+            self._writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+        if math.isfinite(score) and score > self.best_score and (smiles != self.start or self.best_smiles is None):
+            self.best_score, self.best_smiles = score, smiles
+        if self.progress is not None:
+            if charged:
+                self.progress.update(1)
+            if math.isfinite(self.best_score):
+                self.progress.set_postfix_str(f"best {self.best_score:.3f}", refresh=False)
+
+    # ------------------------------------------------------------------ results
+    def log(self) -> pd.DataFrame:
+        """Every molecule seen, in order: ``step, smiles, score, method, similarity, charged, status``."""
+        return pd.DataFrame(self.rows, columns=LOG_COLUMNS)
+
+    def scored(self, exclude_start: bool = True) -> pd.DataFrame:
+        """Molecules with a finite score (feasible in constrained mode), best first."""
+        df = self.log()
+        df = df[np.isfinite(df["score"].astype(float))]
+        if exclude_start and self.start is not None:
+            df = df[df["smiles"] != self.start]
+        return df.sort_values(["score", "step"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+    def close(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None

@@ -1,0 +1,217 @@
+"""Shared helpers of the optimization benchmark scripts (``optimize_qed.py``, ``optimize_plogp.py``,
+``constrained_plogp.py``): reading ZINC250k, its seeded train/test split, training a model under a
+time budget when none is given, and writing results.
+
+ZINC250k as distributed for JT-VAE (``zinc250k.txt.gz``) is sometimes a gzipped tar holding one
+``zinc.txt``; both that and a plain (gzipped) one-SMILES-per-line file are read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import platform
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_ZINC = "../shared/zinc250k/zinc250k.txt.gz"
+SPLIT_SEED = 0
+TEST_FRACTION = 0.1
+
+
+def read_zinc(path: str | Path) -> list[str]:
+    """All SMILES of a ZINC250k file (plain, gzipped, or a gzipped tar of one text file), in file order."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"{path}: no such file; pass the ZINC250k file as the first argument")
+    text = None
+    try:
+        with tarfile.open(path) as tar:
+            member = next(m for m in tar.getmembers() if m.isfile())
+            text = tar.extractfile(member).read().decode("utf-8")
+    except (tarfile.TarError, StopIteration):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    out = []
+    for line in text.splitlines():
+        parts = line.strip().split()
+        if parts and parts[0].lower() != "smiles":
+            out.append(parts[0])
+    return out
+
+
+def zinc_split(path: str | Path, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION
+               ) -> tuple[list[str], list[str]]:
+    """Seeded random train/test split of ZINC250k: ``(train, test)`` SMILES lists (90/10 by default)."""
+    smiles = read_zinc(path)
+    perm = np.random.default_rng(seed).permutation(len(smiles))
+    n_test = int(round(test_fraction * len(smiles)))
+    test = [smiles[i] for i in sorted(perm[:n_test])]
+    train = [smiles[i] for i in sorted(perm[n_test:])]
+    return train, test
+
+
+def write_smiles(smiles: list[str], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("smiles\n" + "".join(f"{s}\n" for s in smiles), encoding="utf-8")
+    return path
+
+
+def training_subset(zinc: str | Path, out_dir: str | Path, n_molecules: int, seed: int = 0) -> Path:
+    """Write a seeded subset (``n_molecules``, 0 = all) of the ZINC250k train split as CSV; returns its path."""
+    train, _ = zinc_split(zinc)
+    if n_molecules and n_molecules < len(train):
+        idx = np.random.default_rng(seed).choice(len(train), size=n_molecules, replace=False)
+        train = [train[i] for i in sorted(idx)]
+    return write_smiles(train, Path(out_dir) / f"zinc_train_{n_molecules or 'all'}_seed{seed}.csv")
+
+
+def train_command(data: Path, run_dir: Path, minutes: float, seed: int, properties: tuple[str, ...]) -> list[str]:
+    """The ``molvae train`` command the scripts use for a quick ZINC model (see README, Optimization)."""
+    # Small and quick: on a shared 2-core CPU a run sees well under one pass of 50,000 molecules.
+    cmd = [sys.executable, "-m", "molvae", "train", str(data), "--out", str(run_dir), "--seed", str(seed),
+           "--epochs", "50", "--max-time", f"{minutes:g}", "--val-fraction", "0.02", "--batch-size", "64",
+           "--kl-weight", "0.5", "--kl-warmup", "0.25", "--embedding-dim", "48", "--hidden-dim", "96",
+           "--decoder-hidden-dim", "192", "--latent-dim", "32", "--no-progress"]
+    for p in properties:
+        cmd += ["--property", p]
+    return cmd
+
+
+def get_model(args: Any, properties: tuple[str, ...] = ("qed", "plogp")) -> str:
+    """``args.model`` if given, else train a quick model on ZINC250k for ``args.train_minutes`` minutes."""
+    if args.model:
+        return args.model
+    run = Path(args.work_dir) / f"zinc-model-{args.train_minutes:g}min-seed{args.seed}"
+    if (run / "model.pt").is_file():
+        print(f"reusing {run / 'model.pt'}", file=sys.stderr)
+        return str(run / "model.pt")
+    data = training_subset(args.zinc, args.work_dir, args.train_molecules, seed=args.seed)
+    cmd = train_command(data, run, args.train_minutes, args.seed, properties)
+    print(" ".join(cmd), file=sys.stderr)
+    if subprocess.call(cmd) != 0:
+        raise SystemExit("training failed")
+    return str(run / "model.pt")
+
+
+def add_common_arguments(ap) -> None:
+    ap.add_argument("zinc", nargs="?", default=DEFAULT_ZINC, help=f"ZINC250k SMILES file [{DEFAULT_ZINC}]")
+    ap.add_argument("--model", help="a trained molvae model (file or run folder); default: train one")
+    ap.add_argument("--train-minutes", type=float, default=25.0,
+                    help="when no --model: minutes of training on ZINC250k [25]")
+    ap.add_argument("--train-molecules", type=int, default=50000,
+                    help="when no --model: size of the seeded ZINC250k training subset (0 = all) [50000]")
+    ap.add_argument("--work-dir", default="runs/optimization", help="where data subsets and models go")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", help="JSON results file")
+
+
+def describe_model(model) -> dict[str, Any]:
+    meta = model.metadata or {}
+    hist = model.history or []
+    return {
+        "path": str(model.path) if model.path else None,
+        "latent_dim": model.config.latent_dim,
+        "parameters": model.net.n_parameters(),
+        "property_head": list(model.config.property_names),
+        "epochs": len(hist),
+        "train_time_s": meta.get("train_time_s"),
+        "n_train": meta.get("n_train") or meta.get("n_molecules"),
+        "val_recon_acc": hist[-1].get("val_recon_acc") if hist else None,
+    }
+
+
+def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
+    payload = {**payload, "python": platform.python_version(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    text = json.dumps(payload, indent=2, default=float)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {path}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print(" | ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in cells:
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def add_search_arguments(ap, *, method: str, budget: int) -> None:
+    ap.add_argument("--method", default=method, choices=["bo", "gradient", "both"], help=f"[{method}]")
+    ap.add_argument("--budget", type=int, default=budget, help=f"oracle calls per search [{budget}]")
+    ap.add_argument("--init-molecules", type=int, default=2000,
+                    help="training molecules encoded for the initial design [2000]")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
+    ap.add_argument("--progress", action="store_true", help="progress bar per search")
+
+
+def init_molecules(args: Any) -> list[str]:
+    """A seeded sample of ZINC250k training-split molecules for the initial design."""
+    train, _ = zinc_split(args.zinc)
+    idx = np.random.default_rng(args.seed + 1).choice(len(train), size=min(args.init_molecules, len(train)),
+                                                      replace=False)
+    return [train[i] for i in sorted(idx)]
+
+
+def methods(args: Any) -> list[str]:
+    return ["bo", "gradient"] if args.method == "both" else [args.method]
+
+
+def run_top3(objectives: tuple[str, ...], default_budget: int, published: dict[str, list[float]], description: str,
+             argv: list[str] | None = None) -> int:
+    """The unconstrained benchmark: maximize an objective (≤ 38 heavy atoms), report the top 3 found."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap)
+    add_search_arguments(ap, method="bo", budget=default_budget)
+    ap.add_argument("--objective", default=objectives[0], choices=list(objectives), help=f"[{objectives[0]}]")
+    args = ap.parse_args(argv)
+    import torch
+
+    from molvae import MolVAE
+    from molvae.objectives import Guards
+    from molvae.optimize import optimize
+
+    torch.set_num_threads(args.threads)
+    model = MolVAE.load(get_model(args), device=args.device)
+    init = init_molecules(args)
+    results = []
+    for method in methods(args):
+        log_path = Path(args.work_dir) / f"{args.objective}_{method}_b{args.budget}_seed{args.seed}_log.csv"
+        res = optimize(model, args.objective, method=method, budget=args.budget, seed=args.seed, init_smiles=init,
+                       guards=Guards(max_heavy_atoms=38), log_path=log_path, progress=args.progress, top_k=3)
+        top = res.top.head(3)
+        log = res.log
+        init_best = log[log["method"].str.endswith("-init") & log["charged"]]["score"].max()
+        results.append({"method": method, "budget": args.budget, "n_calls": res.n_calls,
+                        "elapsed_s": round(res.elapsed_s, 1), "stop_reason": res.stop_reason,
+                        "top3_scores": [round(float(v), 4) for v in top["score"]],
+                        "top3_smiles": list(top["smiles"]),
+                        "best_in_initial_design": None if init_best != init_best else round(float(init_best), 4),
+                        "log": str(log_path)})
+    nan = float("nan")
+    rows = [[f"molvae {r['method']}", *(r["top3_scores"] + [nan] * 3)[:3], r["n_calls"]] for r in results]
+    rows += [[name, *vals, "-"] for name, vals in published.items()]
+    print_table(["method", "1st", "2nd", "3rd", "oracle calls"], rows)
+    for r in results:
+        for s, v in zip(r["top3_smiles"], r["top3_scores"]):
+            print(f"  {r['method']}: {v:.4f}  {s}")
+    write_json(args.out, {"task": f"{args.objective} top-3 (<= 38 heavy atoms)", "objective": args.objective,
+                          "seed": args.seed, "model": describe_model(model), "init_molecules": len(init),
+                          "results": results, "published": published})
+    return 0

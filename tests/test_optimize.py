@@ -1,0 +1,219 @@
+"""Latent-space optimization on the tiny trained model: budget, improvement, constraint, seeds, CLI,
+property head (RDKit properties at data-load time, ``molvae predict``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from molvae import MolVAE, chem
+from molvae.cli import main
+from molvae.data import prepare, read_molecules
+from molvae.errors import InvalidInputError
+from molvae.objectives import parse_objective
+from molvae.optimize import Oracle, optimize
+
+pytest.importorskip("botorch")
+
+# Small settings so that each search takes seconds on two CPU cores.
+GRAD = {"n_starts": 6, "steps": 6, "n_init": 6}
+BO = {"batch_size": 4, "n_init": 6, "num_restarts": 2, "raw_samples": 64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: one thread avoids oversubscription on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def start_smiles(tiny_model, small_csv):
+    """A training molecule the tiny model can encode."""
+    for s in pd.read_csv(small_csv)["smiles"]:
+        c = chem.canonicalize(s)
+        if c and not isinstance(tiny_model.tokenize(c), str) and 12 <= _heavy(c) <= 20:
+            return c
+    raise AssertionError("no encodable molecule in small.csv")
+
+
+def _heavy(smiles: str) -> int:
+    return int(chem.heavy_atoms(smiles))
+
+
+def _check_log(res, budget):
+    log = res.log
+    assert res.n_calls <= budget
+    assert int(log["charged"].sum()) == res.n_calls
+    assert log["smiles"].is_unique  # each molecule logged (and charged) once
+    assert set(log.columns) >= {"step", "smiles", "score", "method"}
+
+
+# ----------------------------------------------------------------------------- oracle
+
+def test_oracle_budget_cache_and_guards():
+    oracle = Oracle(parse_objective("qed"), budget=3, method="t")
+    y = oracle(["CCO", "CCO", "", "C" * 40, "CCN"])
+    assert oracle.n_calls == 2 and np.isnan(y[2]) and np.isnan(y[3]) and y[0] == y[1]
+    oracle(["CCO", "CCC", "CCCl", "CCBr"])  # one call left: CCC scored, the rest not
+    assert oracle.n_calls == 3 and oracle.exhausted
+    assert "CCCl" not in oracle.cache
+    statuses = dict(zip(oracle.log()["smiles"], oracle.log()["status"]))
+    assert statuses["C" * 40].startswith("guard:")
+    with pytest.raises(InvalidInputError):
+        Oracle(parse_objective("qed"), budget=0)
+
+
+def test_oracle_similarity_floor():
+    oracle = Oracle(parse_objective("qed"), budget=10, start="c1ccccc1O", min_similarity=0.4)
+    y = oracle(["c1ccccc1O", "c1ccccc1OC", "CCCCCC"])
+    assert np.isfinite(y[0]) and np.isnan(y[2])
+    assert oracle.n_calls == sum(np.isfinite(y))
+    assert (oracle.scored(exclude_start=False)["similarity"] >= 0.4).all()
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+@pytest.mark.parametrize("method,settings", [("gradient", GRAD), ("bo", BO)])
+def test_optimizer_improves_within_budget(tiny_model, method, settings):
+    budget = 24
+    res = optimize(tiny_model, "qed", method=method, budget=budget, seed=0, settings=settings)
+    _check_log(res, budget)
+    assert res.n_calls == budget  # the budget is spent, not exceeded
+    log = res.log[res.log["charged"]]
+    init = log[log["method"].str.endswith("-init")]["score"]
+    search = log[~log["method"].str.endswith("-init")]["score"]
+    assert len(init) and len(search)
+    # The search beats a random draw of the model's molecules: its best is above the initial design's median,
+    # and the best found overall is the top of the log.
+    assert search.max() > init.median()
+    assert res.best_score == pytest.approx(log["score"].max())
+
+
+def test_budget_smaller_than_a_batch(tiny_model):
+    res = optimize(tiny_model, "logp", method="bo", budget=3, seed=0, settings={**BO, "n_init": 2, "batch_size": 8})
+    _check_log(res, 3)
+    assert res.n_calls == 3
+
+
+@pytest.mark.parametrize("method,settings", [("gradient", GRAD), ("bo", BO)])
+def test_constrained_never_below_floor(tiny_model, start_smiles, method, settings):
+    floor = 0.4
+    res = optimize(tiny_model, "logp", method=method, budget=12, seed=0, start=start_smiles,
+                   min_similarity=floor, settings=settings)
+    _check_log(res, 12)
+    assert res.start_smiles == start_smiles and math.isfinite(res.start_score)
+    assert (res.top["similarity"] >= floor).all()
+    assert start_smiles not in set(res.top["smiles"])
+    scored = res.log[np.isfinite(res.log["score"].astype(float))]
+    assert (scored["similarity"] >= floor).all()
+    assert res.improvement is not None and res.improvement >= 0
+
+
+@pytest.mark.parametrize("method,settings", [("gradient", GRAD), ("bo", BO)])
+def test_seed_reproduces(tiny_model, method, settings):
+    a = optimize(tiny_model, "qed", method=method, budget=10, seed=3, settings=settings)
+    b = optimize(tiny_model, "qed", method=method, budget=10, seed=3, settings=settings)
+    pd.testing.assert_frame_equal(a.log, b.log)
+
+
+def test_head_gradient_and_init(tiny_model, small_csv):
+    # An untrained head named after the objective is used as the differentiable score.
+    model = _model_with_head(tiny_model, ("qed",))
+    init = pd.read_csv(small_csv)["smiles"].tolist()[:50]
+    res = optimize(model, "qed", method="gradient", budget=8, seed=0, init_smiles=init,
+                   settings={"n_starts": 4, "steps": 4})
+    _check_log(res, 8)
+    assert not res.log["method"].str.endswith("-init").any()  # no surrogate design needed
+
+
+def test_bad_arguments(tiny_model):
+    with pytest.raises(InvalidInputError, match="unknown method"):
+        optimize(tiny_model, "qed", method="annealing", budget=5)
+    with pytest.raises(InvalidInputError, match="needs a start"):
+        optimize(tiny_model, "qed", budget=5, min_similarity=0.4)
+    with pytest.raises(InvalidInputError, match="not a valid SMILES"):
+        optimize(tiny_model, "qed", budget=5, start="C1CC")
+    with pytest.raises(InvalidInputError, match="unknown BOSettings option"):
+        optimize(tiny_model, "qed", budget=5, settings={"steps": 3})
+
+
+# ----------------------------------------------------------------------------- property head
+
+def _model_with_head(base: MolVAE, names: tuple[str, ...]) -> MolVAE:
+    model = MolVAE.new(base.config.replace(property_names=names), base.vocab, seed=0)
+    state = {**model.net.state_dict(), **base.net.state_dict()}
+    model.net.load_state_dict(state)
+    model.metadata = {"property_stats": {"mean": [0.5] * len(names), "std": [0.2] * len(names)}}
+    model.net.eval()
+    return model
+
+
+def test_properties_computed_at_load_time(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_text("smiles,activity\nCC(=O)Oc1ccccc1C(=O)O,1.5\nCCO,\nnot_a_smiles,2\n")
+    prep = prepare(read_molecules(f), property_columns=("qed", "activity"))
+    assert list(prep.properties.columns) == ["qed", "activity"]
+    assert prep.properties["qed"].tolist() == pytest.approx([chem.qed("CC(=O)Oc1ccccc1C(=O)O"), chem.qed("CCO")])
+    assert prep.properties["activity"].iloc[0] == 1.5 and math.isnan(prep.properties["activity"].iloc[1])
+    with pytest.raises(InvalidInputError, match="no property column 'potency'.*RDKit properties"):
+        prepare(read_molecules(f), property_columns=("potency",))
+
+
+def test_predict_cli(tiny_model, tmp_path):
+    model = _model_with_head(tiny_model, ("qed", "logp"))
+    path = model.save(tmp_path / "head.pt")
+    good = next(s for s in ["CCO", "CCN", "CCC", "CC(C)O", "c1ccccc1"] if not isinstance(model.tokenize(s), str))
+    inp = tmp_path / "in.smi"
+    inp.write_text(f"{good}\nnot_a_smiles\n{good}\n")
+    runner = CliRunner()
+    r = runner.invoke(main, ["predict", str(inp), "--model", str(path), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    out = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert list(out.columns) == ["row", "input", "smiles", "qed", "logp", "reason"]
+    assert list(out["row"]) == [1, 2, 3] and out["reason"].iloc[1] != "" and out["reason"].iloc[0] == ""
+    assert out["qed"].iloc[0] == out["qed"].iloc[2]
+    # de-standardized: the prediction equals head(mu) * std + mean
+    z, _ = model.encode([good])
+    raw = model.net.property_head(torch.as_tensor(z)).detach().numpy()[0]
+    assert float(out["qed"].iloc[0]) == pytest.approx(raw[0] * 0.2 + 0.5, rel=1e-4)
+    no_head = runner.invoke(main, ["predict", str(inp), "--model", str(tiny_model.path)])
+    assert no_head.exit_code == 1 and "no property head" in no_head.output
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_optimize_cli(tiny_model, tmp_path):
+    runner = CliRunner()
+    log = tmp_path / "log.csv"
+    summary = tmp_path / "s.json"
+    r = runner.invoke(main, ["optimize", "--model", str(tiny_model.path), "--objective", "qed", "--method", "bo",
+                             "--budget", "8", "--n-init", "4", "--batch-size", "4", "--seed", "1", "--out", str(log),
+                             "--json", str(summary), "--top", "3", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "rank,smiles,score" in r.output
+    table = pd.read_csv(log)
+    assert table["charged"].sum() <= 8 and list(table.columns)[:4] == ["step", "smiles", "score", "method"]
+    data = json.loads(summary.read_text())
+    assert data["n_calls"] <= 8 and data["method"] == "bo" and len(data["top"]) <= 3
+
+
+def test_optimize_cli_errors(tiny_model):
+    runner = CliRunner()
+    base = ["optimize", "--model", str(tiny_model.path), "--budget", "5", "--no-progress"]
+    r = runner.invoke(main, base + ["--objective", "nonsense"])
+    assert r.exit_code == 2 and "unknown objective 'nonsense'" in r.output
+    r = runner.invoke(main, base + ["--objective", "qed", "--min-similarity", "0.4"])
+    assert r.exit_code == 2 and "--start" in r.output
+    r = runner.invoke(main, base + ["--objective", "qed", "--method", "bo", "--steps", "3"])
+    assert r.exit_code == 2 and "other --method" in r.output
+    r = runner.invoke(main, base + ["--objective", "qed", "--start", "C1CC"])
+    assert r.exit_code == 1 and "not a valid SMILES" in r.output
