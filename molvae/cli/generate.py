@@ -67,6 +67,8 @@ def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, uniq
 
     if properties and not (out and Path(out).suffix.lower() == ".csv"):
         raise click.BadParameter("property columns go into a CSV: use --out FILE.csv", param_hint="--properties")
+    if grid and Path(grid).suffix.lower() not in (".png", ".svg"):
+        raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
     model = load_model(model_spec, device)
     exclude = _read_reference(novel_vs) if novel_vs else None
     filtering = unique or exclude is not None
