@@ -202,12 +202,12 @@ def test_cli_interpolate_grid_and_error(tmp_path, tiny_run):
 
 def test_neighbors_sorted_distinct_with_properties(tiny_model):
     lead = "CC(=O)Nc1ccc(O)cc1"
-    df = neighbors(tiny_model, lead, n=10, radius=1.0, seed=1, max_draws=300)
+    df = neighbors(tiny_model, lead, n=10, radius=1.0, seed=1, max_draws=120)
     assert 0 < len(df) <= 10 and df["smiles"].is_unique
     assert chem.canonicalize(lead) not in set(df["smiles"])
     assert df["tanimoto"].is_monotonic_decreasing
     assert set(PROPERTY_COLUMNS) <= set(df.columns) and (df["count"] >= 1).all() and (df["distance"] > 0).all()
-    again = neighbors(tiny_model, lead, n=10, radius=1.0, seed=1, max_draws=300)
+    again = neighbors(tiny_model, lead, n=10, radius=1.0, seed=1, max_draws=120)
     pd.testing.assert_frame_equal(df, again)
 
 
@@ -242,7 +242,7 @@ def test_score_matches_forward_with_one_sample(tiny_model):
     tokens, lengths = sequences_to_tensor([ids], tiny_model.vocab.eos_id, tiny_model.vocab.pad_id)
     with torch.no_grad():
         out = tiny_model.net(tokens, lengths, sample=False)
-    s = score(tiny_model, [smi], n_samples=64, seed=0)
+    s = score(tiny_model, [smi], n_samples=16, seed=0)
     assert s["kl"].iloc[0] == pytest.approx(float(out.kl[0]), rel=1e-4)
     assert s["n_tokens"].iloc[0] == len(ids) + 1
     # E_q[recon] is close to recon at μ for a smooth decoder; a loose check of the plumbing.

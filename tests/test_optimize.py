@@ -16,7 +16,7 @@ from molvae import MolVAE, chem
 from molvae.cli import main
 from molvae.data import prepare, read_molecules
 from molvae.errors import InvalidInputError
-from molvae.objectives import parse_objective
+from molvae.objectives import Guards, parse_objective
 from molvae.optimize import Oracle, optimize
 
 pytest.importorskip("botorch")
@@ -83,25 +83,28 @@ def test_oracle_similarity_floor():
 # ----------------------------------------------------------------------------- optimizers
 
 @pytest.mark.parametrize("method,settings", [("gradient", GRAD), ("bo", BO)])
-def test_optimizer_improves_within_budget(tiny_model, method, settings):
+def test_optimizer_improves_within_budget(tiny_model, small_csv, method, settings):
+    # The tiny model decodes little but carbon chains, so the simple objective it can improve is logP
+    # (without the heavy-atom guard): the search must beat the encoded training molecules it starts from.
     budget = 24
-    res = optimize(tiny_model, "qed", method=method, budget=budget, seed=0, settings=settings)
+    init = pd.read_csv(small_csv)["smiles"].tolist()
+    res = optimize(tiny_model, "logp", method=method, budget=budget, seed=0, init_smiles=init,
+                   guards=Guards(max_heavy_atoms=None), settings=settings)
     _check_log(res, budget)
-    assert res.n_calls == budget  # the budget is spent, not exceeded
     log = res.log[res.log["charged"]]
-    init = log[log["method"].str.endswith("-init")]["score"]
-    search = log[~log["method"].str.endswith("-init")]["score"]
-    assert len(init) and len(search)
-    # The search beats a random draw of the model's molecules: its best is above the initial design's median,
-    # and the best found overall is the top of the log.
-    assert search.max() > init.median()
+    init_scores = log[log["method"].str.endswith("-init")]["score"]
+    search_scores = log[~log["method"].str.endswith("-init")]["score"]
+    assert len(init_scores) == settings["n_init"] and len(search_scores) >= 1
+    assert search_scores.max() > init_scores.max()
     assert res.best_score == pytest.approx(log["score"].max())
 
 
-def test_budget_smaller_than_a_batch(tiny_model):
-    res = optimize(tiny_model, "logp", method="bo", budget=3, seed=0, settings={**BO, "n_init": 2, "batch_size": 8})
-    _check_log(res, 3)
-    assert res.n_calls == 3
+def test_budget_smaller_than_the_design(tiny_model, small_csv):
+    init = pd.read_csv(small_csv)["smiles"].tolist()
+    for method, settings in [("bo", {**BO, "n_init": 8}), ("gradient", {**GRAD, "n_init": 8})]:
+        res = optimize(tiny_model, "qed", method=method, budget=3, seed=0, init_smiles=init, settings=settings)
+        _check_log(res, 3)
+        assert res.n_calls == 3
 
 
 @pytest.mark.parametrize("method,settings", [("gradient", GRAD), ("bo", BO)])

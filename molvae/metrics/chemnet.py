@@ -17,6 +17,8 @@ for the rest. Activations agree with ``fcd.get_predictions`` to float32 rounding
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import logging
 import math
@@ -109,9 +111,11 @@ class ChemNet:
         if len(lstms) != 2 or type(layers[lstms[0] - 1]).__name__ != "Reverse":
             raise MolvaeError("unexpected ChemNet layout in the installed fcd package; expected "
                               "convolutions, a reversed LSTM and an LSTM (fcd 1.2)")
-        self.conv = torch.nn.Sequential(*layers[:lstms[0] - 2]).to(self.device).eval()  # up to Transpose
-        self.lstm1 = layers[lstms[0]].to(self.device).eval()
-        self.lstm2 = layers[lstms[1]].to(self.device).eval()
+        # Copies: moving the shared, cached model to a GPU would move it for every user.
+        self.conv = copy.deepcopy(torch.nn.Sequential(*layers[:lstms[0] - 2])).to(self.device).eval()
+        self._lstm1_cpu = copy.deepcopy(layers[lstms[0]]).eval()
+        self.lstm1 = copy.deepcopy(layers[lstms[0]]).to(self.device).eval()
+        self.lstm2 = copy.deepcopy(layers[lstms[1]]).to(self.device).eval()
         self.steps: int | None = None
         self._zero_states: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -119,24 +123,7 @@ class ChemNet:
     def _zero_run(self, steps: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """States (h, c) after k = 0..steps zero inputs and the output at each step."""
         if self._zero_states is None or self.steps != steps:
-            hidden = self.lstm1.hidden_size
-            h = torch.zeros(1, 1, hidden, device=self.device)
-            c = torch.zeros(1, 1, hidden, device=self.device)
-            zero = torch.zeros(1, 1, width, device=self.device)
-            hs, cs, outs = [h], [c], []
-            # One step at a time: oneDNN builds a new primitive per call (slow for 88 tiny
-            # calls), the native kernel does not.
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch warns about TF32 when the flags are switched
-                with torch.backends.mkldnn.flags(enabled=False):
-                    for _ in range(steps):
-                        out, (h, c) = self.lstm1(zero, (h, c))
-                        hs.append(h)
-                        cs.append(c)
-                        outs.append(out[0, 0])
-            self._zero_states = (torch.stack(hs), torch.stack(cs), torch.stack(outs))
+            self._zero_states = tuple(t.to(self.device) for t in _zero_run_cpu(self._lstm1_cpu, steps, width))
             self.steps = steps
         return self._zero_states
 
@@ -159,11 +146,11 @@ class ChemNet:
     def activations(self, smiles: Sequence[str], batch_size: int = 512, progress=None, workers=None) -> np.ndarray:
         """``(n, 512)`` float32 activations of canonical ``smiles``.
 
-        Molecules are batched by length so each batch reads few real steps. With
-        ``workers`` (a :class:`~molvae.metrics.molecules.Workers` pool) and a CPU device,
-        batches run in the worker processes on one thread each: an LSTM is 88 small
-        steps, and threads that wait for each other at every step lose badly on a busy
-        machine, while processes do not.
+        Molecules are batched by length so each batch reads few real steps. On the CPU
+        every process uses one torch thread for this (an LSTM is 88 small steps; threads
+        that wait for each other at every step lose, badly so on a busy machine), and with
+        ``workers`` (a :class:`~molvae.metrics.molecules.Workers` pool) the batches are
+        spread over the worker processes instead.
         """
         n = len(smiles)
         out = np.zeros((n, self.lstm2.hidden_size), dtype=np.float32)
@@ -177,11 +164,46 @@ class ChemNet:
             for idx, (act,) in zip(batches, results):
                 out[idx] = act
             return out
-        for idx in batches:
-            out[idx] = self._forward(one_hot([smiles[i] for i in idx])).float().cpu().numpy()
-            if progress:
-                progress(len(idx))
+        # On the CPU one thread per process: 88 steps of small products cost more in thread
+        # synchronization than they gain (4x slower with 2 threads on a loaded 2-core machine).
+        with _single_thread() if self.device.type == "cpu" else contextlib.nullcontext():
+            for idx in batches:
+                out[idx] = self._forward(one_hot([smiles[i] for i in idx])).float().cpu().numpy()
+                if progress:
+                    progress(len(idx))
         return out
+
+
+_ZERO_RUNS: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+@torch.no_grad()
+def _zero_run_cpu(lstm: torch.nn.LSTM, steps: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward LSTM's states after k = 0..steps zero inputs, and its output at each step (CPU).
+
+    One step at a time on one thread with the native kernel: oneDNN builds a new
+    primitive per call, and threads synchronizing 88 times lose on a busy machine.
+    """
+    import warnings
+
+    key = (steps, width)
+    if key in _ZERO_RUNS:
+        return _ZERO_RUNS[key]
+    hidden = lstm.hidden_size
+    h = torch.zeros(1, 1, hidden)
+    c = torch.zeros(1, 1, hidden)
+    zero = torch.zeros(1, 1, width)
+    hs, cs, outs = [h], [c], []
+    with _single_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about TF32 when the oneDNN flags are switched
+        with torch.backends.mkldnn.flags(enabled=False):
+            for _ in range(steps):
+                out, (h, c) = lstm(zero, (h, c))
+                hs.append(h)
+                cs.append(c)
+                outs.append(out[0, 0])
+    _ZERO_RUNS[key] = (torch.stack(hs), torch.stack(cs), torch.stack(outs))
+    return _ZERO_RUNS[key]
 
 
 _WORKER_NET: ChemNet | None = None

@@ -198,6 +198,12 @@ class Workers:
             self._pool.join()
             self._pool = None
 
+    def start(self) -> Workers:
+        """Start the worker processes now (they fork from the current state of this process)."""
+        if self.n_jobs > 1:
+            self._get_pool()
+        return self
+
     def _get_pool(self):
         if self._pool is None:
             # Fork shares the compiled filter patterns and imported RDKit with the workers.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..data import file_hash, read_molecules
 from ..errors import InvalidInputError
@@ -198,9 +200,6 @@ def describe_set(smiles: Sequence[str], workers: Workers, *, label: str = "set",
     fcd_stats = None
     if chemnet is not None:
         t = time.perf_counter()
-        from tqdm.auto import tqdm
-        import sys
-
         with tqdm(total=len(unique), desc=f"{label}: ChemNet", unit="mol", disable=not workers.progress,
                   leave=False, file=sys.stderr) as bar:
             act = chemnet.activations(unique, progress=bar.update, workers=workers)

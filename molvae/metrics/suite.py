@@ -303,9 +303,7 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
             else:
                 notes.append(FCD_MISSING)
                 log.warning(FCD_MISSING)
-        workers = Workers(jobs, progress)
-        if jobs > 1:
-            workers._get_pool()
+        workers = Workers(jobs, progress).start()
         t = time.perf_counter()
         gen_smiles = sources["generated"].smiles()
         timed("read", t)

@@ -172,8 +172,13 @@ def run_bo(model, oracle: Oracle, objective, settings: BOSettings, *, rng: np.ra
         Z = np.concatenate([Z, z_new])
         y = np.concatenate([y, y_new])
         improved = bool(np.isfinite(y_new).any() and np.nanmax(y_new) > best_before + 1e-3 * abs(best_before))
-        tr.update(improved)
-        stale = stale + 1 if (oracle.n_calls == calls and len(oracle.cache) == seen) else 0
+        nothing_new = oracle.n_calls == calls and len(oracle.cache) == seen
+        if nothing_new:
+            # The whole box decodes to molecules already seen: it is too small, not a failure.
+            tr.length = min(2.0 * tr.length, s.tr_length_max)
+        else:
+            tr.update(improved)
+        stale = stale + 1 if nothing_new else 0
     if oracle.exhausted:
         return "budget spent"
     return f"no new molecule in {s.patience} batches"

@@ -62,7 +62,7 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
     if not on_head:
         # The surrogate needs data: score an initial design first.
         n_init = settings.n_init or max(settings.n_starts, min(200, oracle.budget // 5))
-        n_init = min(n_init, max(1, oracle.remaining // 2))
+        n_init = min(n_init, oracle.remaining if settings.n_init else max(1, oracle.remaining // 2))
         z, y = score_design(model, oracle, n_init, rng, init_smiles=init_smiles, start_z=start_z,
                             noise=settings.restart_noise, method="gradient-init")
         data_z.append(z)
