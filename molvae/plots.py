@@ -331,13 +331,16 @@ def property_histograms(generated_smiles: Sequence[str], reference_smiles: Seque
         if len(both) == 0:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
             continue
-        lo, hi = np.percentile(both, [0.5, 99.5]) if len(both) > 20 else (both.min(), both.max())
+        # The axis spans both sets' 0.1-99.9th percentiles; the rare values beyond are left out of the
+        # bars (not piled into the edge bins) but counted in the legend.
+        lo = min(np.percentile(v, 0.1) for v in (a, b) if len(v))
+        hi = max(np.percentile(v, 99.9) for v in (a, b) if len(v))
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5
         bins = np.linspace(lo, hi, int(np.clip(np.sqrt(len(both)), 10, 40)) + 1)
         for values, label, color in ((b, labels[1], "#9aa0a6"), (a, labels[0], "#1f77b4")):
             if len(values):
-                ax.hist(np.clip(values, lo, hi), bins=bins, density=True, alpha=0.55, color=color,
+                ax.hist(values[(values >= lo) & (values <= hi)], bins=bins, density=True, alpha=0.55, color=color,
                         label=f"{label} (mean {values.mean():.2f}, n={len(values)})",
                         histtype="stepfilled", edgecolor=color)
         ax.set_xlabel(HISTOGRAM_PROPERTIES.get(name, _LABELS.get(name, name)))

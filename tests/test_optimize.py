@@ -22,8 +22,8 @@ from molvae.optimize import Oracle, optimize
 pytest.importorskip("botorch")
 
 # Small settings so that each search takes seconds on two CPU cores.
-GRAD = {"n_starts": 6, "steps": 6, "n_init": 6}
-BO = {"batch_size": 4, "n_init": 6, "num_restarts": 2, "raw_samples": 64}
+GRAD = {"n_starts": 6, "steps": 6, "n_init": 6, "patience": 2}
+BO = {"batch_size": 4, "n_init": 6, "num_restarts": 2, "raw_samples": 64, "patience": 3}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -158,3 +158,26 @@ def test_cli_generate_grid_and_properties(tmp_path, tiny_run):
     assert_png(tmp_path / "g.png")
     res = CliRunner().invoke(main, ["generate", "--n", "2", "-m", str(tiny_run.run_dir), "--properties"])
     assert res.exit_code == 2 and "--out FILE.csv" in res.output
+
+
+def test_cli_optimize_grid(tmp_path, tiny_run):
+    res = CliRunner().invoke(main, ["optimize", "--model", str(tiny_run.run_dir), "--objective", "qed", "--method",
+                                    "bo", "--budget", "8", "--n-init", "4", "--batch-size", "4", "--seed", "1",
+                                    "--top", "4", "--no-progress", "--grid", str(tmp_path / "top.svg")])
+    assert res.exit_code == 0, res.output
+    assert_svg(tmp_path / "top.svg", min_bytes=500)
+    res = CliRunner().invoke(main, ["optimize", "--model", str(tiny_run.run_dir), "--objective", "qed",
+                                    "--budget", "4", "--grid", str(tmp_path / "top.gif")])
+    assert res.exit_code == 2 and ".png or .svg" in res.output
+
+
+@needs_mpl
+def test_cli_evaluate_plots(tmp_path, small_csv):
+    smiles = pd.read_csv(small_csv)["smiles"].tolist()
+    gen = tmp_path / "gen.csv"
+    pd.DataFrame({"smiles": smiles[:40] + ["not_a_smiles"]}).to_csv(gen, index=False)
+    res = CliRunner().invoke(main, ["evaluate", str(gen), "--train", str(small_csv), "--no-fcd", "--no-cache",
+                                    "--n-jobs", "1", "--k", "10", "--plots", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    assert_png(tmp_path / "plots" / "property_histograms.png", min_bytes=20000, min_size=(800, 500))
+    assert_png(tmp_path / "plots" / "generated_grid.png")

@@ -56,8 +56,11 @@ def _positive(ctx, param, value):
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached reference statistics.")
 @click.option("--no-fcd", is_flag=True, help="Skip FCD (the slowest figure; needs the fcd package).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [default: when a terminal].")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+              help="Write property histograms (logP, QED, SA, MW) of GENERATED vs --train (else --test) and a "
+                   "grid of generated molecules into this folder (needs matplotlib).")
 def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, json_out, device, model_spec, heldout_size,
-                 seed, smiles_column, cache_dir, no_cache, no_fcd, progress):
+                 seed, smiles_column, cache_dir, no_cache, no_fcd, progress, plots_dir):
     """MOSES metrics of the molecules in GENERATED (csv/smi/sdf, e.g. from `molvae generate`).
 
     \b
@@ -76,6 +79,11 @@ def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, json_out, de
     from ..metrics import evaluate
     from .common import load_model
 
+    if plots_dir:
+        from ..plots import PlotsUnavailable, have_matplotlib
+
+        if not have_matplotlib():  # say so before minutes of metrics, not after
+            raise PlotsUnavailable("--plots needs matplotlib, an optional extra: pip install 'molvae[plots]'")
     model = load_model(model_spec, device) if model_spec else None
     show = progress if progress is not None else sys.stderr.isatty()
     result = evaluate(generated, train=train, test=test, test_scaffolds=test_scaffolds, k=k, n_jobs=n_jobs,
@@ -87,3 +95,24 @@ def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, json_out, de
     if json_out:
         path = result.to_json(json_out)
         click.echo(f"wrote {path}", err=True)
+    if plots_dir:
+        _write_plots(plots_dir, generated, train or test, "training" if train else "test", smiles_column)
+
+
+def _write_plots(out_dir: str, generated: str, reference: str | None, label: str, smiles_column: str | None) -> None:
+    """``--plots DIR``: property histograms of generated vs reference molecules and a molecule grid."""
+    from pathlib import Path
+
+    from .. import chem
+    from ..data import read_molecules
+    from ..plots import molecule_grid, property_histograms
+
+    gen = read_molecules(generated, smiles_column)["input"].tolist()
+    ref = read_molecules(reference, smiles_column)["input"].tolist() if reference else []
+    path = property_histograms(gen, ref, out_dir, labels=("generated", label if reference else "no reference"))
+    click.echo(f"wrote {path}", err=True)
+    shown = [s for s in dict.fromkeys(gen) if chem.to_mol(s) is not None][:30]
+    if shown:
+        grid = molecule_grid(shown, [f"QED {chem.qed(s):.2f}" for s in shown], Path(out_dir) / "generated_grid.png",
+                             mols_per_row=6)
+        click.echo(f"wrote {Path(out_dir) / 'generated_grid.png'} ({len(grid) // 1024} KB)", err=True)

@@ -71,9 +71,11 @@ def _optional_limit(ctx, param, value):
 @device_option
 @click.option("--threads", type=int, callback=positive_int, help="CPU threads for torch.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar with the best score so far.")
+@click.option("--grid", type=click.Path(dir_okay=False),
+              help="Also draw the top molecules, with their scores, as a grid image (.png or .svg).")
 def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, seed, start, min_similarity, init_file,
                  n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, batch_size, acquisition, steps,
-                 step_size, n_starts, trust_radius, prior_weight, device, threads, progress):
+                 step_size, n_starts, trust_radius, prior_weight, device, threads, progress, grid):
     """Search the latent space for molecules that maximize an objective.
 
     \b
@@ -92,6 +94,8 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
 
     if min_similarity is not None and not start:
         raise click.UsageError("--min-similarity needs --start SMILES")
+    if grid and Path(grid).suffix.lower() not in (".png", ".svg"):
+        raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
     if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
         raise click.BadParameter(f"must be in [0, 1], got {min_similarity}", param_hint="--min-similarity")
     guards = Guards(max_heavy_atoms=max_heavy_atoms or None, max_sa=max_sa, max_ring_size=max_ring_size,
@@ -142,6 +146,11 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
         click.echo(",".join(cells))
     if res.top.empty:
         click.echo("no molecule could be scored; see the log for the reasons", err=True)
+    elif grid:
+        from ..plots import molecule_grid
+
+        molecule_grid(res.top["smiles"].tolist(), [f"#{i} {s:.3f}" for i, s in enumerate(res.top["score"], 1)], grid)
+        click.echo(f"grid: {grid}", err=True)
 
 
 @main.command("predict")
