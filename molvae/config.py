@@ -136,6 +136,24 @@ class TrainConfig(_ConfigMixin):
             raise InvalidInputError("kl_weight and free_bits must be non-negative")
 
 
+def read_json_or_toml(path: str | Path, what: str) -> Any:
+    """Parse a ``.toml`` file with tomllib, anything else as JSON.
+
+    Raises:
+        InvalidInputError: the text does not parse; the message names ``what`` and the file.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        return json.loads(text)
+    except Exception as exc:
+        raise InvalidInputError(f"{what} {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+
+
 def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a ``.json`` or ``.toml`` file with optional ``model`` and ``train`` tables.
 
@@ -145,16 +163,7 @@ def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        raise InvalidInputError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+    data = read_json_or_toml(path, "config file")
     if not isinstance(data, dict):
         raise InvalidInputError(f"config file {path} must hold a table/object, got {type(data).__name__}")
     model = dict(data.pop("model", {}) or {})

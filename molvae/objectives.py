@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import math
 import re
 import sys
@@ -43,6 +42,7 @@ from rdkit import Chem, DataStructs
 from rdkit.Chem import Descriptors, QED
 
 from . import chem
+from .config import read_json_or_toml
 from .errors import InvalidInputError
 
 __all__ = ["Objective", "Term", "Guards", "parse_objective", "load_plugin", "BUILTIN_OBJECTIVES",
@@ -382,16 +382,7 @@ def _split_terms(spec: str) -> list[tuple[float, str]]:
 
 
 def _from_file(path: Path, guards: Guards) -> Objective:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        raise InvalidInputError(f"objective file {path}: not valid {path.suffix.lstrip('.')} ({exc})") from None
+    data = read_json_or_toml(path, "objective file")
     terms_data = data.get("terms") if isinstance(data, dict) else None
     if not isinstance(terms_data, list) or not terms_data:
         raise InvalidInputError(f"objective file {path}: expected a non-empty list 'terms' of {{name, weight}} tables")

@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import main
-from .common import device_option
+from .common import device_option, non_negative_int, positive_int
 
 
 def _parse_k(ctx, param, value: str) -> list[int]:
@@ -20,18 +20,6 @@ def _parse_k(ctx, param, value: str) -> list[int]:
     return ks
 
 
-def _non_negative(ctx, param, value):
-    if value is not None and value < 0:
-        raise click.BadParameter(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter(f"must be a positive integer, got {value}")
-    return value
-
-
 @main.command("evaluate")
 @click.argument("generated", type=click.Path(dir_okay=False))
 @click.option("--train", type=click.Path(dir_okay=False), help="Training set, for Novelty.")
@@ -40,14 +28,14 @@ def _positive(ctx, param, value):
 @click.option("--test-scaffolds", type=click.Path(dir_okay=False), help="Scaffold test set: the /TestSF figures.")
 @click.option("--k", "k", default="1000,10000", show_default=True, callback=_parse_k,
               help="Sizes for unique@k, comma-separated.")
-@click.option("--n-jobs", "-j", type=int, default=0, show_default=True, callback=_non_negative,
+@click.option("--n-jobs", "-j", type=int, default=0, show_default=True, callback=non_negative_int,
               help="Worker processes and torch threads (0 = all cores).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write every figure, the counts behind it, notes and timings as JSON.")
 @device_option
 @click.option("--model", "-m", "model_spec", default=None, metavar="PATH|NAME",
               help="Also measure this model on held-out test molecules: reconstruction, KL, active units.")
-@click.option("--heldout-size", type=int, default=1000, show_default=True, callback=_positive,
+@click.option("--heldout-size", type=int, default=1000, show_default=True, callback=positive_int,
               help="Test molecules sampled for the --model figures.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out sample.")
 @click.option("--smiles-column", default=None, help="SMILES column of CSV inputs (default: found by name).")
