@@ -268,22 +268,7 @@ def test_cli_score(tmp_path, tiny_run):
 # metals, no charges) so the model can read them, and about as many SELFIES tokens as MOSES
 # molecules (16-44 vs a median of 34): long and branched chains, macrocycles, a crown ether,
 # peptides, perhalogenated alkanes, polyenes, polyols, polysulfones.
-OUT_OF_DISTRIBUTION = [
-    "CCCCCCCCCCCCCCCCCCCCCCCC",
-    "CCCCCCCCCCCCCCCCCC(=O)O",
-    "C1CCCCCCCCCCCCCCCCCCCCC1",
-    "C1COCCOCCOCCOCCOCCO1",
-    "O=C1CCCCCCCCCCCCCCCCN1",
-    "NCC(=O)NCC(=O)NCC(=O)NCC(=O)NCC(=O)O",
-    "CC(C)CC(NC(=O)C(CO)NC(=O)C(C)NC(=O)CN)C(=O)O",
-    "NCCCCC(NC(=O)C(CCCNC(=N)N)NC(=O)C(N)CS)C(=O)O",
-    "FC(F)(F)C(F)(F)C(F)(F)C(F)(F)C(F)(F)C(F)(F)F",
-    "ClC(Cl)(Cl)C(Cl)(Cl)C(Cl)(Cl)Cl",
-    "C=CC=CC=CC=CC=CC=CC=CC=C",
-    "OCC(O)C(O)C(O)C(O)C(O)C(O)CO",
-    "CC(C)(C)C(C)(C)C(C)(C)C(C)(C)C(C)(C)C",
-    "CS(=O)(=O)CS(=O)(=O)CS(=O)(=O)CS(=O)(=O)C",
-]
+OUT_OF_DISTRIBUTION = (REPO / "data" / "out_of_distribution.smi").read_text().split()
 
 
 @pytest.fixture(scope="module")
