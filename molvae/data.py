@@ -593,7 +593,8 @@ def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int 
     props = None
     if property_columns:
         computed = chem.compute_properties(kept_smiles,
-                                           [c for c in property_columns if c not in table.columns])
+                                           [c for c in property_columns if c not in table.columns],
+                                           n_jobs=n_jobs)
         props = pd.DataFrame({c: computed[c] if c in computed else
                               pd.to_numeric(table[c].iloc[keep_idx], errors="coerce").to_numpy(dtype=float)
                               for c in property_columns})

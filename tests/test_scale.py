@@ -49,6 +49,21 @@ def test_process_compact_matches_process_smiles():
                     assert toks == r.tokens
 
 
+def test_parallel_properties_equal_serial_in_input_order():
+    smiles = pd.read_csv(ROOT / "tests/data/small.csv")["smiles"].tolist()[:60]
+    smiles[3:3] = ["not a smiles", None, ""]
+    names = ["qed", "plogp", "heavy_atoms"]
+    serial = chem.compute_properties(smiles, names, n_jobs=1)
+    parallel = chem.compute_properties(smiles, names, n_jobs=2, chunk_size=7)
+    for n in names:
+        assert len(parallel[n]) == len(smiles)
+        np.testing.assert_array_equal(parallel[n], serial[n])
+    assert np.isnan(parallel["qed"][3:6]).all() and np.isfinite(parallel["qed"][6:]).all()
+    # values are RDKit's own, molecule by molecule
+    from rdkit.Chem import QED
+    assert parallel["qed"][0] == pytest.approx(QED.qed(chem.to_mol(smiles[0])))
+
+
 def test_token_batch_is_padded_with_eos():
     rng = np.random.default_rng(0)
     seqs = [list(rng.integers(4, 20, size=int(n))) for n in rng.integers(1, 30, size=50)]
