@@ -247,8 +247,12 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     # ---- summary cards
     best = None
-    if not history.empty and "val_nelbo" in history and history["val_nelbo"].notna().any():
-        best = history.loc[history["val_nelbo"].astype(float).idxmin()]
+    if not history.empty:
+        from .train import best_epoch
+
+        chosen = best_epoch(history.to_dict("records"), (model.train_config.kl_weight
+                                                         if model.train_config is not None else None))
+        best = pd.Series(chosen) if chosen is not None else None
     samples = model.sample(n_samples, seed=seed) if n_samples > 0 else pd.DataFrame({"smiles": [], "valid": []})
     cards = [("molecules used for training", meta.get("n_molecules", "–")),
              ("epochs", len(history) if not history.empty else "–"),

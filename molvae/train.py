@@ -6,7 +6,8 @@ Fu et al. 2019); free bits put a floor under each latent dimension's KL (Kingma 
 al. 2016) and word dropout weakens the decoder's teacher forcing (Bowman et al. 2016),
 both against posterior collapse.
 
-A run folder holds ``model.pt`` (the best model by validation negative ELBO),
+A run folder holds ``model.pt`` (the best model by the validation loss at the target β,
+reconstruction + β_max·KL: the true negative ELBO when β_max = 1; see :func:`selection_loss`),
 ``checkpoint.pt`` (everything needed to resume), ``config.json``, ``history.csv``,
 ``rejected.csv`` and, when matplotlib is installed, ``training_curves.png``.
 """
@@ -39,7 +40,7 @@ from .distributed import DistContext, init_from_env
 from .errors import CheckpointError, InvalidInputError, MolvaeError
 from .model import VAE
 
-__all__ = ["train", "TrainResult", "kl_weight_at", "evaluate_loss", "reconstruction_accuracy",
+__all__ = ["train", "TrainResult", "kl_weight_at", "selection_loss", "best_epoch", "evaluate_loss", "reconstruction_accuracy",
            "active_units", "TrainingInterrupted", "TrainingDiverged"]
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,33 @@ def kl_weight_at(config: TrainConfig, epoch_progress: float) -> float:
         ratio = max(config.kl_cycle_ratio, 1e-8)
         return beta * min(1.0, pos / ratio)
     raise InvalidInputError(f"unknown KL schedule {kind!r}")
+
+
+def selection_loss(recon: float, kl: float, kl_weight: float) -> float:
+    """The validation figure ``model.pt`` is chosen by: reconstruction + β_max·KL (nats/molecule).
+
+    It is the loss the run optimizes once β has reached its target, so it compares every epoch
+    on one scale. With β_max = 1 it is the negative ELBO; with β_max < 1 the true ELBO would
+    always prefer the early, low-KL epochs (the KL keeps growing while reconstruction improves)
+    and keep a model that reconstructs nothing.
+    """
+    value = float(recon) + float(kl_weight) * float(kl)
+    return value if math.isfinite(value) else math.nan
+
+
+def best_epoch(history: list[dict[str, Any]], kl_weight: float | None = None) -> dict[str, Any] | None:
+    """The history row of the epoch ``model.pt`` holds: lowest ``val_loss`` (or -ELBO in older runs)."""
+    def key(row: dict[str, Any]) -> float:
+        value = row.get("val_loss")
+        if value is None and kl_weight is not None:
+            value = selection_loss(row.get("val_recon", math.nan), row.get("val_kl", math.nan), kl_weight)
+        if value is None:
+            value = row.get("val_nelbo", math.nan)
+        value = float(value)
+        return value if math.isfinite(value) else math.inf
+
+    rows = [r for r in history if math.isfinite(key(r))]
+    return min(rows, key=key) if rows else None
 
 
 @dataclass
@@ -664,6 +692,7 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
                 "epoch": epoch + 1, "step": global_step, "beta": beta,
                 "train_loss": train_loss, "train_recon": train_recon, "train_kl": train_kl,
                 "val_recon": val["recon"], "val_kl": val["kl"], "val_nelbo": val["nelbo"],
+                "val_loss": selection_loss(val["recon"], val["kl"], tc.kl_weight),
                 "val_token_acc": val["token_acc"], "val_recon_acc": recon_acc,
                 "active_units": active_units(mu), "skipped_steps": sums["skipped"],
                 "epoch_time_s": time.perf_counter() - t_epoch,
@@ -676,9 +705,9 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
                      epoch + 1, train_recon, train_kl, beta, val["nelbo"], recon_acc, row["active_units"])
             if on_epoch and dist.is_main:
                 on_epoch(row)
-            score = val["nelbo"] if math.isfinite(val["nelbo"]) else train_loss
-            # β is still rising during warm-up, so compare ELBOs only once it has settled
-            # would be stricter; we keep the best true (β=1) validation ELBO at any time.
+            # The validation loss at the target β (see selection_loss): one scale for every epoch,
+            # also during warm-up, and the true -ELBO when β_max = 1.
+            score = row["val_loss"] if math.isfinite(row["val_loss"]) else train_loss
             if score < best_val and _all_finite(net):
                 best_val, bad_epochs = score, 0
                 model.train_config, model.history, model.metadata = tc, history, metadata

@@ -143,6 +143,35 @@ def test_training_reduces_loss(tiny_run):
     assert (run.parent / "LATEST").read_text().strip() == run.name
 
 
+def test_best_epoch_is_judged_at_the_target_beta():
+    from molvae.train import best_epoch, selection_loss
+
+    # β_max = 0.1: the KL grows while reconstruction improves; -ELBO would keep epoch 1
+    hist = [{"epoch": 1, "val_recon": 40.0, "val_kl": 10.0, "val_nelbo": 50.0},
+            {"epoch": 2, "val_recon": 20.0, "val_kl": 40.0, "val_nelbo": 60.0},
+            {"epoch": 3, "val_recon": 15.0, "val_kl": 70.0, "val_nelbo": 85.0}]
+    assert selection_loss(15.0, 70.0, 0.1) == pytest.approx(22.0)
+    assert best_epoch(hist, 0.1)["epoch"] == 3        # 41, 24, 22
+    assert best_epoch(hist, 1.0)["epoch"] == 1        # β_max = 1: the negative ELBO
+    assert best_epoch(hist)["epoch"] == 1             # β_max unknown (old files): -ELBO
+    with_loss = [{**r, "val_loss": selection_loss(r["val_recon"], r["val_kl"], 0.1)} for r in hist]
+    assert best_epoch(with_loss)["epoch"] == 3        # the recorded val_loss wins
+    assert best_epoch([{**hist[0], "val_recon": math.nan, "val_nelbo": math.nan}]) is None
+
+
+def test_model_file_holds_the_epoch_with_the_lowest_validation_loss(tmp_path, small_csv):
+    torch.set_num_threads(2)
+    cfg = tiny_train_config(epochs=4, kl_weight=0.1, kl_warmup_epochs=1)
+    res = train(small_csv, tmp_path / "run", model_config=TINY_MODEL, train_config=cfg, runs_dir=tmp_path)
+    for row in res.history:
+        assert row["val_loss"] == pytest.approx(row["val_recon"] + 0.1 * row["val_kl"])
+    chosen = min(res.history, key=lambda r: r["val_loss"])
+    best = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    last = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
+    same = all(torch.equal(best[k], last[k]) for k in best)
+    assert same == (chosen["epoch"] == len(res.history))
+
+
 def test_model_file_is_weights_only(tiny_run):
     data = torch.load(tiny_run.run_dir / "model.pt", weights_only=True)
     assert data["format"] == "molvae-model"

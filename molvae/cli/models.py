@@ -44,6 +44,7 @@ def describe_model(name: str, path: Path) -> dict[str, Any]:
         CheckpointError: the file is not a loadable molvae model file.
     """
     from ..checkpoint import load_checkpoint
+    from ..train import best_epoch
 
     data = load_checkpoint(path)
     meta = dict(data.get("metadata") or {})
@@ -51,8 +52,7 @@ def describe_model(name: str, path: Path) -> dict[str, Any]:
     train = dict(data.get("train_config") or {})
     history = list(data.get("history") or [])
     n_params = sum(int(t.numel()) for t in data["state_dict"].values())
-    best = min((r for r in history if r.get("val_nelbo") == r.get("val_nelbo")),
-               key=lambda r: r["val_nelbo"], default=None)
+    best = best_epoch(history, train.get("kl_weight"))
     info: dict[str, Any] = {
         "name": name,
         "path": str(path),

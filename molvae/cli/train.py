@@ -82,10 +82,10 @@ def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs,
               **opts):
     """Clean DATA (csv, csv.gz, smi, txt or sdf of SMILES), build the vocabulary and train a VAE.
 
-    Writes a run folder with model.pt (best validation ELBO), checkpoint.pt, config.json,
+    Writes a run folder with model.pt (best validation loss at the target β), checkpoint.pt, config.json,
     history.csv and rejected.csv (every row not used, with its reason).
     """
-    from ..train import train
+    from ..train import best_epoch, train
 
     if data is None and resume is None:
         raise click.UsageError("give a DATA file of SMILES (or --resume RUN_DIR)")
@@ -104,8 +104,7 @@ def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs,
         return
     prep = result.prepared
     last = result.history[-1] if result.history else {}
-    best = min(result.history, key=lambda r: r["val_nelbo"] if r["val_nelbo"] == r["val_nelbo"] else float("inf")) \
-        if result.history else {}
+    best = best_epoch(result.history) or {}
     click.echo(f"molecules: {prep.n_input} read, {len(prep)} used, {len(prep.rejected)} rejected "
                f"({prep.n_duplicates} duplicates) -> {result.run_dir / 'rejected.csv'}", err=True)
     if best:
