@@ -202,15 +202,18 @@ def run_top3(objectives: tuple[str, ...], default_budget: int, published: dict[s
                         "elapsed_s": round(res.elapsed_s, 1), "stop_reason": res.stop_reason,
                         "top3_scores": [round(float(v), 4) for v in top["score"]],
                         "top3_smiles": list(top["smiles"]),
+                        "top3_steps": [int(s) for s in top["step"]],  # 0 = scored in the initial design
                         "best_in_initial_design": None if init_best != init_best else round(float(init_best), 4),
                         "log": str(log_path)})
     nan = float("nan")
-    rows = [[f"molvae {r['method']}", *(r["top3_scores"] + [nan] * 3)[:3], r["n_calls"]] for r in results]
-    rows += [[name, *vals, "-"] for name, vals in published.items()]
-    print_table(["method", "1st", "2nd", "3rd", "oracle calls"], rows)
+    rows = [[f"molvae {r['method']}", *(r["top3_scores"] + [nan] * 3)[:3], r["n_calls"],
+             nan if r["best_in_initial_design"] is None else r["best_in_initial_design"]] for r in results]
+    rows += [[name, *vals, "-", "-"] for name, vals in published.items()]
+    print_table(["method", "1st", "2nd", "3rd", "oracle calls", "best of initial design"], rows)
     for r in results:
-        for s, v in zip(r["top3_smiles"], r["top3_scores"]):
-            print(f"  {r['method']}: {v:.4f}  {s}")
+        for s, v, step in zip(r["top3_smiles"], r["top3_scores"], r["top3_steps"]):
+            where = "initial design (encoded training molecule)" if step == 0 else f"search step {step}"
+            print(f"  {r['method']}: {v:.4f}  {s}  [{where}]")
     write_json(args.out, {"task": f"{args.objective} top-3 (<= 38 heavy atoms)", "objective": args.objective,
                           "seed": args.seed, "model": describe_model(model), "init_molecules": len(init),
                           "results": results, "published": published})
