@@ -129,7 +129,7 @@ def test_card_command_parses():
     script = _train_moses_module()
     ours, theirs = script.split_argv(argv[2:])
     args = script.build_parser().parse_args(ours)  # exits (SystemExit) on an unknown option
-    assert args.n_molecules > 0 and "moses" in args.train_csv
+    assert args.n_molecules >= 0 and "moses" in args.train_csv
     ctx = train_cmd.make_context("train", ["data.csv", *theirs])  # click.UsageError on a bad option
     assert ctx.params["epochs"] is not None
 
@@ -147,7 +147,10 @@ def test_card_command_matches_the_shipped_model():
     data = torch.load(SHIPPED, map_location="cpu", weights_only=True)
     stored = {"model": data["model_config"], "train": data["train_config"]}
     assert stored["train"]["seed"] == args.seed
-    assert data["metadata"]["n_input"] == args.n_molecules
+    n_input = data["metadata"]["n_input"]
+    if args.n_molecules:  # a seeded subset; 0 = the whole file
+        assert n_input == args.n_molecules
+    assert f"{n_input:,}" in CARD.read_text(encoding="utf-8"), "the card does not say how many molecules were read"
     checked = 0
     for key, value in params.items():
         if value is None or key not in _MAP:
@@ -161,7 +164,7 @@ def test_card_command_matches_the_shipped_model():
 @needs_card
 def test_card_names_data_licence_seed_hardware_and_version():
     text = CARD.read_text(encoding="utf-8")
-    for needle in ("MOSES", "MIT licence", "250,000", "Seed", "CPU", "wall time", "molvae 0."):
+    for needle in ("MOSES", "MIT licence", "Seed", "CPU", "wall time", "molvae 0."):
         assert needle in text, needle
 
 
