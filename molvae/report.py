@@ -264,7 +264,8 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
              ("parameters", model.net.n_parameters())]
     sections.append('<section><h2>Summary</h2><div class="summary">' + "".join(
         f'<div class="card"><b>{_esc(_fmt(v))}</b><span>{_esc(k)}</span></div>' for k, v in cards)
-        + ("<p class=\"note\">Best epoch by validation −ELBO: "
+        + ("<p class=\"note\">Kept epoch (lowest validation reconstruction + β<sub>max</sub>·KL, the "
+           "−ELBO when β<sub>max</sub> = 1): "
            f"{int(best['epoch'])}; accuracy = greedy decode of μ reproduces the canonical SMILES.</p>"
            if best is not None else "") + "</div></section>")
 

@@ -253,7 +253,11 @@ def test_cli_train_then_generate(tmp_path, small_csv, monkeypatch):
     (["generate", "--n", "5"], "no model found"),
 ])
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, args, needle):
+    import molvae.core
+
     monkeypatch.chdir(tmp_path)
+    # no ./runs here and, for this test, no shipped model either
+    monkeypatch.setattr(molvae.core, "SHIPPED_MODELS_DIR", tmp_path / "no-shipped-models")
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 1
     assert needle in res.output
