@@ -35,7 +35,7 @@ class GradientSettings:
     trust_radius: float = 4.0
     restart_noise: float = 0.3
     n_init: int | None = None        # surrogate mode: molecules scored before the first fit (default budget/5, ≤ 200)
-    patience: int = 5                 # rounds without a new molecule before giving up
+    patience: int = 5                 # rounds without a new charged (scored) molecule before giving up
     use_head: bool = True             # use a property head matching the objective when there is one
 
 

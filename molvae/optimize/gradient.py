@@ -76,7 +76,7 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
         starts = _round_starts(model, oracle, scorer, settings, rng, rnd, start_z, init_smiles, on_head,
                                widen=1.0 + stale)
         z0 = torch.as_tensor(starts, dtype=torch.float32, device=device)
-        calls_before, seen_before = oracle.n_calls, len(oracle.cache)
+        calls_before = oracle.n_calls
         for z in _ascend(scorer, z0, settings):
             step += 1
             smiles = decode_smiles(model, z)
@@ -87,10 +87,13 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
             if oracle.exhausted:
                 break
         rnd += 1
-        stale = stale + 1 if len(oracle.cache) == seen_before and oracle.n_calls == calls_before else 0
+        # A round counts as fruitful only if it charged a new molecule: molecules under a similarity
+        # floor or stopped by a guard are free, and at a high floor every round can find new ones of
+        # those, which would never end the search.
+        stale = stale + 1 if oracle.n_calls == calls_before else 0
     if oracle.exhausted:
         return "budget spent"
-    return f"no new molecule in {settings.patience} rounds"
+    return f"no new scored molecule in {settings.patience} rounds"
 
 
 def _round_starts(model, oracle: Oracle, scorer, settings: GradientSettings, rng: np.random.Generator, rnd: int,
