@@ -121,13 +121,14 @@ def test_constrained_never_below_floor(tiny_model, start_smiles, method, setting
     assert res.improvement is not None and res.improvement >= 0
 
 
-def test_gradient_search_ends_when_nothing_above_the_floor_can_be_scored(tiny_model, start_smiles):
+@pytest.mark.parametrize("method, settings, unit", [("gradient", {**GRAD, "patience": 2}, "rounds"),
+                                                    ("bo", {**BO, "patience": 2}, "batches")])
+def test_search_ends_when_nothing_above_the_floor_can_be_scored(tiny_model, start_smiles, method, settings, unit):
     """At a floor no decoded molecule reaches, the free (under-the-floor) molecules must not keep it going."""
-    settings = {**GRAD, "patience": 2}
-    res = optimize(tiny_model, "plogp", method="gradient", budget=50, seed=0, start=start_smiles,
+    res = optimize(tiny_model, "plogp", method=method, budget=50, seed=0, start=start_smiles,
                    min_similarity=0.999, settings=settings)
     _check_log(res, 50)
-    assert res.stop_reason.startswith("no new scored molecule in 2 rounds")
+    assert res.stop_reason.startswith(f"no new scored molecule in 2 {unit}")
     log = res.log
     under = log[log["status"].astype(str).str.contains("similarity")]
     assert len(under) > 0 and not under["charged"].any()   # decoded, logged, never charged

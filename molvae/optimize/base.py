@@ -64,7 +64,7 @@ class BOSettings:
     num_restarts: int = 4
     raw_samples: int = 256
     init_noise: float = 0.5           # constrained mode: spread of the initial design around the start
-    patience: int = 20                # batches without a new molecule before giving up
+    patience: int = 20                # batches without a new charged (scored) molecule before giving up
 
     def __post_init__(self) -> None:
         if self.acquisition not in ("qei", "qucb", "ts"):

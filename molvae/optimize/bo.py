@@ -178,7 +178,9 @@ def run_bo(model, oracle: Oracle, objective, settings: BOSettings, *, rng: np.ra
             tr.length = min(2.0 * tr.length, s.tr_length_max)
         else:
             tr.update(improved)
-        stale = stale + 1 if nothing_new else 0
+        # Only a newly charged molecule makes a batch fruitful: guarded or under-the-floor molecules are
+        # free, and a search stuck among them (e.g. long chains over the heavy-atom limit) would never end.
+        stale = stale + 1 if oracle.n_calls == calls else 0
     if oracle.exhausted:
         return "budget spent"
-    return f"no new molecule in {s.patience} batches"
+    return f"no new scored molecule in {s.patience} batches"
