@@ -594,7 +594,7 @@ def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int 
     if property_columns:
         computed = chem.compute_properties(kept_smiles,
                                            [c for c in property_columns if c not in table.columns],
-                                           n_jobs=n_jobs)
+                                           n_jobs=n_jobs if n_jobs and n_jobs > 0 else _available_cpus())
         props = pd.DataFrame({c: computed[c] if c in computed else
                               pd.to_numeric(table[c].iloc[keep_idx], errors="coerce").to_numpy(dtype=float)
                               for c in property_columns})

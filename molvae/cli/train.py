@@ -104,7 +104,8 @@ def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs,
         return
     prep = result.prepared
     last = result.history[-1] if result.history else {}
-    best = best_epoch(result.history) or {}
+    best = best_epoch(result.history, result.model.train_config.kl_weight
+                      if result.model.train_config is not None else None) or {}
     click.echo(f"molecules: {prep.n_input} read, {len(prep)} used, {len(prep.rejected)} rejected "
                f"({prep.n_duplicates} duplicates) -> {result.run_dir / 'rejected.csv'}", err=True)
     if best:
