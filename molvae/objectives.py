@@ -58,10 +58,6 @@ def _largest_ring(mol: Chem.Mol) -> int:
     return max((len(r) for r in mol.GetRingInfo().AtomRings()), default=0)
 
 
-def _plogp(mol: Chem.Mol) -> float:
-    return Descriptors.MolLogP(mol) - chem._sascorer().calculateScore(mol) - max(_largest_ring(mol) - 6, 0)
-
-
 def plogp_zinc(mol: Chem.Mol) -> float:
     """JT-VAE's normalized penalized logP: the sum of z-scored logP, −SA and −ring penalty."""
     logp = Descriptors.MolLogP(mol)
@@ -75,7 +71,7 @@ def plogp_zinc(mol: Chem.Mol) -> float:
 BUILTIN_OBJECTIVES: dict[str, Callable[[Chem.Mol], float]] = {
     "qed": QED.qed,
     "logp": Descriptors.MolLogP,
-    "plogp": _plogp,
+    "plogp": chem.penalized_logp,
     "plogp_zinc": plogp_zinc,
     "sa": lambda mol: chem._sascorer().calculateScore(mol),
 }
