@@ -80,6 +80,22 @@ def test_oracle_similarity_floor():
     assert (oracle.scored(exclude_start=False)["similarity"] >= 0.4).all()
 
 
+def test_oracle_known_molecules_are_free_and_not_results():
+    oracle = Oracle(parse_objective("qed"), budget=2, method="t")
+    y = oracle.add_known(["CCO", "c1ccccc1O", "C" * 40, ""], [0.9, 0.5, 0.99, 0.1])
+    assert oracle.n_calls == 0 and y[0] == 0.9 and y[1] == 0.5
+    assert np.isnan(y[2]) and np.isnan(y[3])            # over the 38-atom guard: recorded as the search sees it
+    again = oracle(["CCO", "CCN"])                      # a known molecule decoded again costs nothing
+    assert again[0] == 0.9 and oracle.n_calls == 1
+    assert oracle.scored()["smiles"].tolist() == ["CCN"]
+    assert set(oracle.scored(include_known=True)["smiles"]) == {"CCO", "c1ccccc1O", "CCN"}
+    assert oracle.best_smiles == "CCN"                  # best *found*, not best given
+    log = oracle.log()
+    assert not log[log["status"] == "known"]["charged"].any()
+    with pytest.raises(InvalidInputError, match="2 known molecules but 1 scores"):
+        oracle.add_known(["CC", "CCC"], [1.0])
+
+
 # ----------------------------------------------------------------------------- optimizers
 
 @pytest.mark.parametrize("method,settings", [("gradient", GRAD), ("bo", BO)])
@@ -97,6 +113,36 @@ def test_optimizer_improves_within_budget(tiny_model, small_csv, method, setting
     assert len(init_scores) == settings["n_init"] and len(search_scores) >= 1
     assert search_scores.max() > init_scores.max()
     assert res.best_score == pytest.approx(log["score"].max())
+
+
+@pytest.mark.parametrize("method,settings", [("gradient", {**GRAD, "n_init": 10}), ("bo", {**BO, "n_init": 10})])
+def test_known_scores_start_the_search_for_free(tiny_model, small_csv, method, settings):
+    """Labelled molecules (init_scores) seed the search without oracle calls and are never results."""
+    smiles = [c for c in (chem.canonicalize(s) for s in pd.read_csv(small_csv)["smiles"]) if c][:80]
+    scores = np.asarray(chem.compute_properties(smiles, ["logp"])["logp"])
+    budget = 12
+    res = optimize(tiny_model, "logp", method=method, budget=budget, seed=0, init_smiles=smiles,
+                   init_scores=scores, guards=Guards(max_heavy_atoms=None), settings=settings)
+    _check_log(res, budget)
+    log = res.log
+    known = log[log["status"] == "known"]
+    assert 0 < len(known) <= 10 and not known["charged"].any()
+    # The design holds the best labelled molecule, with its given score.
+    best = int(np.nanargmax(scores))
+    assert smiles[best] in set(known["smiles"])
+    assert float(known.set_index("smiles").loc[smiles[best], "score"]) == pytest.approx(scores[best])
+    # Every oracle call went to the search; no known molecule is reported as found.
+    assert res.n_calls >= 1 and not set(res.top["smiles"]) & set(known["smiles"])
+    assert (log[log["charged"]]["method"] == method).all()
+
+
+def test_known_scores_bad_arguments(tiny_model):
+    with pytest.raises(InvalidInputError, match="needs init_smiles"):
+        optimize(tiny_model, "qed", budget=5, init_scores=[0.5])
+    with pytest.raises(InvalidInputError, match="2 initial molecules but 1 initial scores"):
+        optimize(tiny_model, "qed", budget=5, init_smiles=["CCO", "CCN"], init_scores=[0.5])
+    with pytest.raises(InvalidInputError, match="none of the initial scores"):
+        optimize(tiny_model, "qed", budget=5, init_smiles=["CCO", "CCN"], init_scores=[float("nan")] * 2)
 
 
 def test_budget_smaller_than_the_design(tiny_model, small_csv):
@@ -221,6 +267,27 @@ def test_optimize_cli(tiny_model, tmp_path):
     assert table["charged"].sum() <= 8 and list(table.columns)[:4] == ["step", "smiles", "score", "method"]
     data = json.loads(summary.read_text())
     assert data["n_calls"] <= 8 and data["method"] == "bo" and len(data["top"]) <= 3
+
+
+def test_optimize_cli_known_scores(tiny_model, small_csv, tmp_path):
+    smiles = [c for c in (chem.canonicalize(s) for s in pd.read_csv(small_csv)["smiles"]) if c][:40]
+    init = tmp_path / "labelled.csv"
+    pd.DataFrame({"smiles": smiles, "activity": np.linspace(0.0, 1.0, len(smiles))}).to_csv(init, index=False)
+    log = tmp_path / "log.csv"
+    runner = CliRunner()
+    base = ["optimize", "--model", str(tiny_model.path), "--objective", "qed", "--budget", "6", "--method", "bo",
+            "--batch-size", "3", "--n-init", "8", "--no-progress", "--init", str(init)]
+    r = runner.invoke(main, base + ["--init-scores", "activity", "--out", str(log)])
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(log)
+    known = table[table["status"] == "known"]
+    assert len(known) == 8 and smiles[-1] in set(known["smiles"])   # the best-labelled molecule is in the design
+    assert table["charged"].sum() <= 6
+    r = runner.invoke(main, base + ["--init-scores", "pIC50"])
+    assert r.exit_code == 2 and "no column 'pIC50'" in r.output and "activity" in r.output
+    r = runner.invoke(main, ["optimize", "--model", str(tiny_model.path), "--objective", "qed",
+                             "--init-scores", "activity", "--no-progress"])
+    assert r.exit_code == 2 and "--init-scores needs --init" in r.output
 
 
 def test_optimize_cli_errors(tiny_model):

@@ -19,10 +19,23 @@ def _threads(value: int | None) -> None:
         torch.set_num_threads(value)
 
 
-def _read_smiles(path: str) -> list[str]:
+def _read_smiles(path: str, score_column: str | None = None) -> tuple[list[str], list[float] | None]:
+    """SMILES of ``path`` and, with ``score_column``, that column's numbers (NaN where not a number)."""
+    import pandas as pd
+
     from ..data import read_molecules
 
-    return [s for s in read_molecules(path)["input"].tolist() if isinstance(s, str) and s.strip()]
+    table = read_molecules(path)
+    scores = None
+    if score_column is not None:
+        if score_column not in table.columns:
+            have = [c for c in table.columns if c not in ("row", "input")]
+            raise click.BadParameter(f"{path} has no column {score_column!r}; its columns: {have or 'none'}",
+                                     param_hint="--init-scores")
+        scores = pd.to_numeric(table[score_column], errors="coerce")
+    keep = table["input"].map(lambda s: isinstance(s, str) and bool(s.strip())).to_numpy()
+    smiles = table["input"][keep].tolist()
+    return smiles, (None if scores is None else scores[keep].astype(float).tolist())
 
 
 def _optional_limit(ctx, param, value):
@@ -53,7 +66,12 @@ def _optional_limit(ctx, param, value):
               help="Constrained mode: keep Tanimoto (Morgan r=2, 2048 bits) to --start at least this.")
 @click.option("--init", "init_file", type=click.Path(dir_okay=False, exists=True),
               help="Molecules for the initial design (e.g. the training set), encoded; default: prior samples.")
-@click.option("--n-init", type=int, callback=positive_int, help="Size of the initial design [budget/5, <= 200].")
+@click.option("--init-scores", "init_score_column", metavar="COLUMN",
+              help="Column of --init with the molecules' known objective values (labelled data): the search "
+                   "starts from the best of them and learns from them without oracle calls; they are never "
+                   "reported as found.")
+@click.option("--n-init", type=int, callback=positive_int,
+              help="Size of the initial design [budget/5, <= 200; with --init-scores: 200 known molecules].")
 @click.option("--max-heavy-atoms", type=int, default=38, show_default=True, callback=_optional_limit,
               help="Guard: molecules with more heavy atoms are not scored (0 = no limit).")
 @click.option("--max-sa", type=float, callback=positive_float, help="Guard: SA score at most this.")
@@ -74,8 +92,8 @@ def _optional_limit(ctx, param, value):
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw the top molecules, with their scores, as a grid image (.png or .svg).")
 def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, seed, start, min_similarity, init_file,
-                 n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, batch_size, acquisition, steps,
-                 step_size, n_starts, trust_radius, prior_weight, device, threads, progress, grid):
+                 init_score_column, n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, batch_size,
+                 acquisition, steps, step_size, n_starts, trust_radius, prior_weight, device, threads, progress, grid):
     """Search the latent space for molecules that maximize an objective.
 
     \b
@@ -94,6 +112,8 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
 
     if min_similarity is not None and not start:
         raise click.UsageError("--min-similarity needs --start SMILES")
+    if init_score_column and not init_file:
+        raise click.UsageError("--init-scores needs --init FILE (the molecules the column belongs to)")
     if grid and Path(grid).suffix.lower() not in (".png", ".svg"):
         raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
     if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
@@ -117,10 +137,11 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
     if given:
         raise click.UsageError(f"{', '.join(given)} only apply to the other --method")
     model = load_model(model_spec, device)
-    init = _read_smiles(init_file) if init_file else None
+    init, init_scores = _read_smiles(init_file, init_score_column) if init_file else (None, None)
     click.echo(f"objective {obj.name} (guards: {obj.guards.describe()}), method {method}, budget {budget}", err=True)
     res = optimize(model, obj, method=method, budget=budget, seed=seed, start=start, min_similarity=min_similarity,
-                   init_smiles=init, log_path=out, top_k=top_k, progress=progress, settings=settings)
+                   init_smiles=init, init_scores=init_scores, log_path=out, top_k=top_k, progress=progress,
+                   settings=settings)
     click.echo(f"{res.n_calls} oracle calls in {res.elapsed_s:.1f} s ({res.stop_reason}); "
                f"{len(res.log)} distinct molecules seen", err=True)
     if res.start_smiles is not None:

@@ -43,7 +43,8 @@ METHODS = ("bo", "gradient")
 
 def optimize(model, objective: str | Objective, *, method: str = "bo", budget: int = 1000, seed: int | None = 0,
              start: str | None = None, min_similarity: float | None = None,
-             init_smiles: Sequence[str] | None = None, guards: Guards | None = None,
+             init_smiles: Sequence[str] | None = None, init_scores: Sequence[float] | None = None,
+             guards: Guards | None = None,
              log_path: str | Path | None = None, top_k: int = 10, progress: bool = False,
              settings: dict[str, Any] | GradientSettings | BOSettings | None = None) -> OptimizationResult:
     """Search ``model``'s latent space for molecules maximizing ``objective``.
@@ -68,7 +69,8 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
 
     Raises:
         InvalidInputError: unknown method or objective, bad start molecule, similarity floor
-            without a start, budget < 1, BoTorch missing for ``bo``.
+            without a start, budget < 1, BoTorch missing for ``bo``, ``init_scores``
+            without ``init_smiles`` or of another length.
     """
     from tqdm.auto import tqdm
 
@@ -96,10 +98,28 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
         if isinstance(reason, str):
             raise InvalidInputError(f"start molecule {start!r} cannot be encoded by this model: {reason}")
     init = None
+    known = None
+    if init_scores is not None:
+        if init_smiles is None:
+            raise InvalidInputError("init_scores needs init_smiles (the molecules they score)")
+        init_scores = np.asarray(init_scores, dtype=float).reshape(-1)
+        if len(init_scores) != len(init_smiles):
+            raise InvalidInputError(f"{len(init_smiles)} initial molecules but {len(init_scores)} initial scores")
     if init_smiles is not None:
-        init = list(dict.fromkeys(c for c in (chem.canonicalize(s) for s in init_smiles) if c))
+        canon = [chem.canonicalize(s) for s in init_smiles]
+        first = {}
+        for i, c in enumerate(canon):
+            if c and c not in first:
+                first[c] = i
+        init = list(first)
         if not init:
             raise InvalidInputError("none of the initial molecules is a valid SMILES")
+        if init_scores is not None:
+            from .design import KnownSet
+
+            known = KnownSet(init, init_scores[list(first.values())])
+            if not len(known):
+                raise InvalidInputError("none of the initial scores is a finite number")
 
     seed_value = 0 if seed is None else int(seed)
     rng = np.random.default_rng(seed_value)
@@ -122,12 +142,12 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
                 from .gradient import run_gradient
 
                 stop = run_gradient(model, oracle, obj, settings, rng=rng, seed=seed_value, start=canon_start,
-                                    init_smiles=init)
+                                    init_smiles=init, known=known)
             else:
                 from .bo import run_bo
 
                 stop = run_bo(model, oracle, obj, settings, rng=rng, seed=seed_value, start=canon_start,
-                              init_smiles=init)
+                              init_smiles=init, known=known)
     finally:
         bar.close()
         oracle.close()

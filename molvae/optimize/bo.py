@@ -20,7 +20,7 @@ import torch
 
 from ..errors import InvalidInputError
 from .base import BOSettings, decode_smiles, encode_smiles
-from .design import score_design
+from .design import KnownSet, known_design, score_design
 from .oracle import Oracle
 
 __all__ = ["run_bo"]
@@ -129,16 +129,26 @@ def _propose(X: torch.Tensor, Y: torch.Tensor, tr: _TrustRegion, s: BOSettings, 
 
 
 def run_bo(model, oracle: Oracle, objective, settings: BOSettings, *, rng: np.random.Generator, seed: int,
-           start: str | None = None, init_smiles: list[str] | None = None) -> str:
-    """Spend ``oracle``'s budget on batch BO in a trust region; returns why it stopped."""
+           start: str | None = None, init_smiles: list[str] | None = None, known: KnownSet | None = None) -> str:
+    """Spend ``oracle``'s budget on batch BO in a trust region; returns why it stopped.
+
+    With ``known`` (molecules with known scores) and no start molecule, the initial design
+    is ``n_init`` of them (default 200: the best half and a random half), free of charge.
+    """
     _import_botorch()
     s = settings
     dim = model.config.latent_dim
     start_z = encode_smiles(model, [start])[0] if start else None
-    n_init = s.n_init or int(min(200, max(2 * s.batch_size, oracle.budget // 5)))
-    n_init = max(2, min(n_init, oracle.remaining))
-    Z, y = score_design(model, oracle, n_init, rng, init_smiles=init_smiles, start_z=start_z,
-                        noise=s.init_noise, method="bo-init")
+    Z = None
+    if known is not None and len(known) and start_z is None:
+        Z, y = known_design(model, oracle, known, s.n_init or min(200, s.max_gp_points), rng)
+        if len(Z) < 2:
+            Z = None
+    if Z is None:
+        n_init = s.n_init or int(min(200, max(2 * s.batch_size, oracle.budget // 5)))
+        n_init = max(2, min(n_init, oracle.remaining))
+        Z, y = score_design(model, oracle, n_init, rng, init_smiles=init_smiles, start_z=start_z,
+                            noise=s.init_noise, method="bo-init")
     if start_z is not None:
         Z = np.concatenate([start_z[None], Z])
         y = np.concatenate([[oracle.cache[start].score if start in oracle.cache else np.nan], y])

@@ -2,6 +2,9 @@
 
 In order of preference: around the start molecule (constrained mode), encoded molecules
 the user gave (``init_smiles``, e.g. the training set), or prior samples z ~ N(0, I).
+When the user also gave those molecules' scores (``init_scores``: labelled data), the
+design is drawn from them for free (:func:`known_design`): the best ones, so the search
+starts where the data is best, and a random rest, so the surrogate sees the spread.
 """
 
 from __future__ import annotations
@@ -12,7 +15,42 @@ from .base import decode_smiles, encode_smiles, prior_latents
 from .head import finite_rows
 from .oracle import Oracle
 
-__all__ = ["initial_design", "score_design"]
+__all__ = ["initial_design", "score_design", "known_design", "KnownSet"]
+
+
+class KnownSet:
+    """Molecules with known scores (canonical SMILES, finite scores), best first."""
+
+    def __init__(self, smiles: list[str], scores: np.ndarray):
+        scores = np.asarray(scores, dtype=float)
+        keep = np.flatnonzero(np.isfinite(scores))
+        order = keep[np.argsort(-scores[keep], kind="stable")]
+        self.smiles = [smiles[i] for i in order]
+        self.scores = scores[order]
+
+    def __len__(self) -> int:
+        return len(self.smiles)
+
+    def choose(self, n: int, rng: np.random.Generator, top_fraction: float = 0.5) -> list[int]:
+        """Indices of ``n`` molecules: the best ``top_fraction·n`` and a seeded random rest."""
+        n = min(n, len(self))
+        n_top = min(n, int(round(top_fraction * n)))
+        rest = np.arange(n_top, len(self))
+        extra = rng.choice(rest, size=n - n_top, replace=False) if n > n_top else np.zeros(0, dtype=int)
+        return list(range(n_top)) + sorted(int(i) for i in extra)
+
+
+def known_design(model, oracle: Oracle, known: KnownSet, n: int, rng: np.random.Generator,
+                 top_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """An initial design of ``n`` known molecules, encoded, recorded with the oracle uncharged:
+    ``(z (m, d), scores (m,))`` best first (molecules the model cannot encode are dropped)."""
+    idx = known.choose(n, rng, top_fraction)
+    smiles = [known.smiles[i] for i in idx]
+    z = encode_smiles(model, smiles)
+    ok = finite_rows(z)
+    smiles = [smiles[i] for i in ok]
+    y = oracle.add_known(smiles, known.scores[[idx[i] for i in ok]])
+    return z[ok].astype(np.float32), y
 
 
 def initial_design(model, n: int, rng: np.random.Generator, *, init_smiles: list[str] | None = None,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .base import GradientSettings, decode_smiles, encode_smiles
-from .design import initial_design, score_design
+from .design import KnownSet, initial_design, known_design, score_design
 from .head import HeadScorer, MLPSurrogate, finite_rows
 from .oracle import Oracle
 
@@ -49,8 +49,14 @@ def _ascend(scorer, z0: torch.Tensor, settings: GradientSettings):
 
 
 def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *, rng: np.random.Generator,
-                 seed: int, start: str | None = None, init_smiles: list[str] | None = None) -> str:
-    """Spend ``oracle``'s budget on gradient-ascent paths; returns why it stopped."""
+                 seed: int, start: str | None = None, init_smiles: list[str] | None = None,
+                 known: KnownSet | None = None) -> str:
+    """Spend ``oracle``'s budget on gradient-ascent paths; returns why it stopped.
+
+    With ``known`` (molecules with known scores) and no start molecule, paths start from
+    the best known molecules and fresh starts are drawn from the best ``10·n_starts`` of
+    them; without a property head the surrogate is first fitted on known molecules, free.
+    """
     dim = model.config.latent_dim
     device = model.device
     scorer, on_head = _scorer(model, objective, settings, seed)
@@ -59,7 +65,16 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
     data_y: list[np.ndarray] = []
     step = 0
 
-    if not on_head:
+    pool = None   # fresh start points: encoded best known molecules
+    if known is not None and len(known) and start_z is None:
+        n_pool = settings.n_init or max(10 * settings.n_starts, 0 if on_head else 200)
+        pool_z, pool_y = known_design(model, oracle, known, n_pool, rng, top_fraction=1.0 if on_head else 0.5)
+        if len(pool_z):
+            pool = pool_z
+            if not on_head:
+                data_z.append(pool_z)
+                data_y.append(pool_y)
+    if not on_head and pool is None:
         # The surrogate needs data: score an initial design first.
         n_init = settings.n_init or max(settings.n_starts, min(200, oracle.budget // 5))
         n_init = min(n_init, oracle.remaining if settings.n_init else max(1, oracle.remaining // 2))
@@ -74,7 +89,7 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
         if not on_head:
             scorer.fit(np.concatenate(data_z), np.concatenate(data_y))
         starts = _round_starts(model, oracle, scorer, settings, rng, rnd, start_z, init_smiles, on_head,
-                               widen=1.0 + stale)
+                               widen=1.0 + stale, pool=pool)
         z0 = torch.as_tensor(starts, dtype=torch.float32, device=device)
         calls_before = oracle.n_calls
         for z in _ascend(scorer, z0, settings):
@@ -98,10 +113,11 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
 
 def _round_starts(model, oracle: Oracle, scorer, settings: GradientSettings, rng: np.random.Generator, rnd: int,
                   start_z: np.ndarray | None, init_smiles: list[str] | None, on_head: bool,
-                  widen: float = 1.0) -> np.ndarray:
+                  widen: float = 1.0, pool: np.ndarray | None = None) -> np.ndarray:
     """Start points of one round: round 0 from the start molecule / best init molecules / the prior;
     later rounds half from the best molecules found (jittered), half fresh. ``widen`` scales the
-    jitter up after rounds that found nothing new."""
+    jitter up after rounds that found nothing new. ``pool`` (encoded best known molecules, best
+    first) replaces the initial design: round 0 takes its best, fresh starts are drawn from it."""
     n, dim = settings.n_starts, model.config.latent_dim
     noise = settings.restart_noise * widen
     if start_z is not None:
@@ -114,6 +130,16 @@ def _round_starts(model, oracle: Oracle, scorer, settings: GradientSettings, rng
             k = len(best)
             z[:k] = best + rng.standard_normal(best.shape) * noise
         return z.astype(np.float32)
+    if pool is not None:
+        if rnd == 0:
+            return pool[:n].astype(np.float32)
+        best = _best_latents(model, oracle, n // 2)
+        pick = rng.choice(len(pool), size=n - len(best), replace=len(pool) < n - len(best))
+        fresh = pool[pick] + rng.standard_normal((len(pick), dim)).astype(np.float32) * noise
+        if len(best):
+            best = best + rng.standard_normal(best.shape).astype(np.float32) * noise
+            return np.concatenate([best, fresh]).astype(np.float32)
+        return fresh.astype(np.float32)
     if rnd == 0:
         pool = initial_design(model, 4 * n if on_head else n, rng, init_smiles=init_smiles)
         if on_head and len(pool) > n:

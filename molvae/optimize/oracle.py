@@ -4,9 +4,11 @@ The budget counts *distinct molecules passed to the objective*. A molecule seen 
 is answered from the cache and never charged again, whatever its score (NaN included).
 Decodes that give no molecule, molecules a guard rejects and, in constrained mode,
 molecules under the similarity floor never reach the objective and are not charged;
-they are logged once with their reason. The budget is never exceeded: when fewer calls
-remain than new molecules arrive, the first ones (in order) are scored and the rest
-are left unscored.
+they are logged once with their reason. *Known* molecules (:meth:`Oracle.add_known`:
+molecules whose score the caller already has, e.g. labelled training data) are cached
+and logged uncharged with status ``known``; they teach the search but are not results.
+The budget is never exceeded: when fewer calls remain than new molecules arrive, the
+first ones (in order) are scored and the rest are left unscored.
 """
 
 from __future__ import annotations
@@ -102,6 +104,34 @@ class Oracle:
     def seen(self, smiles: str) -> bool:
         return smiles in self.cache
 
+    def add_known(self, smiles: Sequence[str], scores: Sequence[float], step: int = 0,
+                  method: str = "known") -> np.ndarray:
+        """Record molecules whose scores are already known, without charging the budget.
+
+        They are answered from the cache from now on (a search that decodes one again gets
+        its known score for free) and are left out of :meth:`scored` unless asked for: a
+        search's results are the molecules it found, not the ones it was given. A known
+        molecule that a guard rejects, or that is under the similarity floor, is recorded
+        with a NaN score, as the search would see it. Returns the scores as recorded.
+        """
+        smiles, scores = list(smiles), np.asarray(scores, dtype=float).reshape(-1)
+        if len(smiles) != len(scores):
+            raise InvalidInputError(f"{len(smiles)} known molecules but {len(scores)} scores")
+        out = np.full(len(smiles), np.nan)
+        for i, (s, v) in enumerate(zip(smiles, scores)):
+            if not s:
+                continue
+            if s not in self.cache:
+                sim = self.similarity(s)
+                feasible = ((self.min_similarity is None or sim >= self.min_similarity)
+                            and self.objective.reject_reason(s) is None)
+                value = float(v) if feasible and math.isfinite(v) else math.nan
+                self._record(step, s, value, method, sim, False, "known")
+            out[i] = self.cache[s].score
+        if self._log_file is not None:
+            self._log_file.flush()
+        return out
+
     # ------------------------------------------------------------------ scoring
     def __call__(self, smiles: Sequence[str], step: int = 0, method: str | None = None) -> np.ndarray:
         """Scores of ``smiles`` (canonical; '' = no molecule), NaN where not scored.
@@ -144,12 +174,14 @@ class Oracle:
     def _record(self, step: int, smiles: str, score: float, method: str, sim: float, charged: bool,
                 status: str) -> None:
         self.cache[smiles] = _Entry(score, status, sim)
+        known = status == "known"
         row = {"step": step, "smiles": smiles, "score": score, "method": method, "similarity": sim,
                "charged": charged, "status": status}
         self.rows.append(row)
         if self._writer is not None:
             self._writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-        if math.isfinite(score) and score > self.best_score and (smiles != self.start or self.best_smiles is None):
+        if (not known and math.isfinite(score) and score > self.best_score
+                and (smiles != self.start or self.best_smiles is None)):
             self.best_score, self.best_smiles = score, smiles
         if self.progress is not None:
             if charged:
@@ -162,10 +194,13 @@ class Oracle:
         """Every molecule seen, in order: ``step, smiles, score, method, similarity, charged, status``."""
         return pd.DataFrame(self.rows, columns=LOG_COLUMNS)
 
-    def scored(self, exclude_start: bool = True) -> pd.DataFrame:
-        """Molecules with a finite score (feasible in constrained mode), best first."""
+    def scored(self, exclude_start: bool = True, include_known: bool = False) -> pd.DataFrame:
+        """Molecules with a finite score (feasible in constrained mode), best first; known
+        molecules (:meth:`add_known`) only with ``include_known``."""
         df = self.log()
         df = df[np.isfinite(df["score"].astype(float))]
+        if not include_known:
+            df = df[df["status"] != "known"]
         if exclude_start and self.start is not None:
             df = df[df["smiles"] != self.start]
         return df.sort_values(["score", "step"], ascending=[False, True], kind="stable").reset_index(drop=True)
