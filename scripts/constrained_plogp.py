@@ -8,7 +8,7 @@ test split (seeded 90/10 split, see optim_common.py) that the model can encode; 
 ``--n-molecules N`` a seeded random subset of N of those 800 (documented in the JSON).
 
     python scripts/constrained_plogp.py ../shared/zinc250k/zinc250k.txt.gz --model runs/zinc/model.pt \
-        --n-molecules 800 --budget 100 --method gradient --out results/constrained_plogp.json
+        --n-molecules 800 --budget 100 --method gradient --processes 2 --out results/constrained_plogp.json
 
 Reported per δ: success rate (a molecule other than the start, at or above δ, with higher
 pLogP), improvement mean ± std over the successful molecules (as GCPN reports it) and over
@@ -83,6 +83,45 @@ def summarize(rows: list[dict]) -> dict:
             "oracle_calls_mean": round(float(np.mean([r["n_calls"] for r in rows])), 1) if rows else None}
 
 
+_WORKER: dict = {}
+
+
+def _init_worker(model_path, args, model=None) -> None:
+    """Per process: one torch thread each, the model loaded once."""
+    import torch
+
+    from molvae import MolVAE
+
+    torch.set_num_threads(args.threads)
+    _WORKER.update(model=model if model is not None else MolVAE.load(model_path, device=args.device), args=args)
+
+
+def _run_one(task: tuple[float, int, str]) -> dict:
+    from molvae.objectives import Guards
+    from molvae.optimize import optimize
+
+    delta, k, smi = task
+    args = _WORKER["args"]
+    t0 = time.perf_counter()
+    res = optimize(_WORKER["model"], "plogp", method=args.method, budget=args.budget, seed=args.seed + k, start=smi,
+                   min_similarity=delta, guards=Guards(max_heavy_atoms=38), top_k=1)
+    sim = float(res.top["similarity"].iloc[0]) if res.success else None
+    return {"delta": delta, "index": k, "start": smi, "start_plogp": res.start_score, "best": res.best_smiles,
+            "best_plogp": res.best_score if res.success else None, "similarity": sim,
+            "improvement": res.improvement, "success": bool(res.success), "n_calls": res.n_calls,
+            "elapsed_s": round(time.perf_counter() - t0, 2)}
+
+
+def _collect(results, n_starts: int) -> list[dict]:
+    rows = []
+    for r in results:
+        rows.append(r)
+        after = r["best_plogp"] if r["success"] else r["start_plogp"]
+        print(f"δ={r['delta']} {r['index'] + 1}/{n_starts}: {r['start_plogp']:.2f} -> {after:.2f} "
+              f"({r['n_calls']} calls, {r['elapsed_s']:.1f} s)", file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     oc.add_common_arguments(ap)
@@ -91,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-molecules", type=int, default=800,
                     help="start molecules: a seeded subset of the 800 lowest-pLogP test molecules [800]")
     ap.add_argument("--deltas", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per process [1]")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="start molecules searched in parallel, one process each [1]")
     args = ap.parse_args(argv)
     import torch
 
     from molvae import MolVAE
-    from molvae.objectives import Guards
-    from molvae.optimize import optimize
 
     torch.set_num_threads(args.threads)
     model = MolVAE.load(oc.get_model(args), device=args.device)
@@ -110,21 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     starts = [pool[i] for i in idx]
     print(f"{len(starts)} start molecules (of the {len(pool)} lowest-pLogP test molecules the model encodes; "
           f"{skipped} lower ones skipped: tokens outside the model's vocabulary)", file=sys.stderr)
-    per_delta = {}
-    details = []
-    for delta in args.deltas:
-        rows = []
-        for k, smi in enumerate(starts):
-            res = optimize(model, "plogp", method=args.method, budget=args.budget, seed=args.seed + k, start=smi,
-                           min_similarity=delta, guards=Guards(max_heavy_atoms=38), top_k=1)
-            sim = float(res.top["similarity"].iloc[0]) if res.success else None
-            rows.append({"delta": delta, "start": smi, "start_plogp": res.start_score, "best": res.best_smiles,
-                         "best_plogp": res.best_score if res.success else None, "similarity": sim,
-                         "improvement": res.improvement, "success": bool(res.success), "n_calls": res.n_calls})
-            print(f"δ={delta} {k + 1}/{len(starts)}: {res.start_score:.2f} -> "
-                  f"{res.best_score if res.success else res.start_score:.2f} ({res.n_calls} calls)", file=sys.stderr)
-        per_delta[str(delta)] = summarize(rows)
-        details.extend(rows)
+    tasks = [(delta, k, smi) for delta in args.deltas for k, smi in enumerate(starts)]
+    if args.processes > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")   # fresh interpreters: forking after torch started its threads can hang
+        with ctx.Pool(args.processes, initializer=_init_worker, initargs=(model.path, args)) as workers:
+            rows = _collect(workers.imap(_run_one, tasks), len(starts))
+    else:
+        _init_worker(None, args, model)
+        rows = _collect(map(_run_one, tasks), len(starts))
+    per_delta = {str(d): summarize([r for r in rows if r["delta"] == d]) for d in args.deltas}
+    details = rows
 
     def pm(mean, std):
         return "-" if mean is None else f"{mean:.2f} ± {std:.2f}"
@@ -148,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                                         f"test-split molecules the model encodes",
         "start_plogp_mean": round(float(np.mean([pool_scores[i] for i in idx])), 4) if idx else None,
         "results": per_delta, "published": {k: {str(d): v for d, v in r.items()} for k, r in PUBLISHED.items()},
-        "elapsed_s": round(time.perf_counter() - t0, 1), "molecules": details})
+        "processes": args.processes, "elapsed_s": round(time.perf_counter() - t0, 1), "molecules": details})
     return 0
 
 

@@ -160,6 +160,9 @@ def add_search_arguments(ap, *, method: str, budget: int) -> None:
     ap.add_argument("--init-molecules", type=int, default=2000,
                     help="--design sample: training molecules encoded for the initial design [2000]")
     ap.add_argument("--n-jobs", type=int, default=0, help="processes for computing known scores (0 = all) [0]")
+    ap.add_argument("--patience", type=int,
+                    help="stop after this many batches (bo) / rounds (gradient) without a new scored molecule "
+                         "[the method's default: 20 / 5]")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     ap.add_argument("--progress", action="store_true", help="progress bar per search")
 
@@ -240,7 +243,8 @@ def run_top3(objectives: tuple[str, ...], default_budget: int, published: dict[s
     for method in methods(args):
         log_path = Path(args.work_dir) / f"{args.objective}_{method}_{args.design}_b{args.budget}_seed{args.seed}_log.csv"
         res = optimize(model, args.objective, method=method, budget=args.budget, seed=args.seed, init_smiles=init,
-                       init_scores=init_scores, guards=guards, log_path=log_path, progress=args.progress, top_k=3)
+                       init_scores=init_scores, guards=guards, log_path=log_path, progress=args.progress, top_k=3,
+                       settings={"patience": args.patience})
         top = res.top.head(3)
         log = res.log
         init_best = log[log["method"].str.endswith("-init") & log["charged"]]["score"].max()
