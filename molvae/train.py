@@ -296,13 +296,18 @@ def _write_history(run: Path, history: list[dict[str, Any]]) -> None:
         atomic_write(run / "history.csv", lambda f: f.write(text.encode()))
 
 
+#: TrainConfig fields a resumed run may change: its length and how it runs, not what it learns.
+RESUME_CHANGEABLE = ("epochs", "max_time_minutes", "early_stopping", "checkpoint_every", "num_threads", "device",
+                     "show_progress", "max_bad_steps", "recon_eval_size")
+
+
 def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None = None,
           out_dir: str | os.PathLike | None = None, *,
           model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
           smiles_column: str | None = None, property_columns: tuple[str, ...] = (),
           runs_dir: str | os.PathLike = "runs", resume: str | os.PathLike | None = None,
           n_jobs: int = 1, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          use_cache: bool = True) -> TrainResult:
+          use_cache: bool = True, resume_changes: dict[str, Any] | None = None) -> TrainResult:
     """Train a SELFIES VAE and write a run folder.
 
     Args:
@@ -313,6 +318,10 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
         smiles_column: the SMILES column of a CSV when it is not found automatically.
         property_columns: CSV columns the property head learns (NaN/missing rows are masked).
         resume: a run folder with ``checkpoint.pt`` to continue; ``data`` may then be omitted.
+            The run continues with its stored settings; ``model_config``/``train_config`` are not used.
+        resume_changes: on resume, :class:`TrainConfig` fields to change for the rest of the run,
+            limited to :data:`RESUME_CHANGEABLE` (how long and how it runs, not what it learns):
+            e.g. ``{"max_time_minutes": 90, "epochs": 10}`` to extend a run that hit its limit.
         n_jobs: processes for preprocessing (0 = all cores).
         on_epoch: called with each epoch's history row.
         use_cache: reuse/store the preprocessed file in the cache (:mod:`molvae.cache`).
@@ -342,6 +351,14 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             train_config = TrainConfig.from_dict(dict(state["train_config"]))
         except Exception as exc:
             raise CheckpointError(f"{ckpt_path}: invalid stored configuration ({exc})") from None
+        if resume_changes:
+            bad = sorted(set(resume_changes) - set(RESUME_CHANGEABLE))
+            if bad:
+                raise InvalidInputError(
+                    f"cannot change {', '.join(bad)} when resuming (the run keeps what it learns with); "
+                    f"changeable: {', '.join(RESUME_CHANGEABLE)}")
+            train_config = train_config.replace(**resume_changes)
+            state["train_config"] = train_config.to_dict()
         ts = state["training_state"]
         _remove_stale_temp_files(run)
         if data is None:

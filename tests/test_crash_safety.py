@@ -293,3 +293,35 @@ def test_generation_memory_stays_flat_as_n_grows(tmp_path, tiny_run):
     for r in (small, large):
         assert r["rows"] == r["rows_expected"] and r["malformed_rows"] == 0 and r["ends_with_newline"]
     assert large["peak_rss_mb"] - small["peak_rss_mb"] < 40, (small, large)
+
+
+@pytest.mark.slow
+def test_resume_extends_a_finished_run_and_refuses_other_changes(tmp_path, small_csv):
+    """A run that ended at its epoch (or time) limit continues for the epochs given on resume, and the
+    result equals a run that had the longer limit from the start; options that change what it learns are refused."""
+    one = tmp_path / "one"
+    res = subprocess.run(_cli("train", str(small_csv), "--out", str(one), *_with(TRAIN_ARGS, epochs="1")),
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert len(_history(one)) == 1
+    res = subprocess.run(_cli("train", "--resume", str(one), "--epochs", "2", "--no-progress"), env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    two = tmp_path / "two"
+    res = subprocess.run(_cli("train", str(small_csv), "--out", str(two), *TRAIN_ARGS), env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    pd.testing.assert_frame_equal(_history(one), _history(two), check_exact=True)
+    assert load_checkpoint(one / "checkpoint.pt")["train_config"]["epochs"] == 2
+    res = subprocess.run(_cli("train", "--resume", str(one), "--kl-weight", "0.5", "--epochs", "3"), env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "--kl-weight cannot change when resuming" in res.stderr
+    assert "Traceback" not in res.stderr and len(_history(one)) == 2
+
+
+def _with(args: list[str], **values: str) -> list[str]:
+    """``args`` with the values of some ``--name value`` options replaced."""
+    out = list(args)
+    for name, value in values.items():
+        out[out.index(f"--{name.replace('_', '-')}") + 1] = value
+    return out

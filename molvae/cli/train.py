@@ -95,11 +95,27 @@ def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs,
             table, field = _MAP[key]
             settings[table][field] = value
     settings["train"]["show_progress"] = progress
+    changes = None
+    if resume is not None:
+        # A resumed run keeps its stored settings; options given now may only change how long and how it runs.
+        given = {_MAP[k]: (k, v) for k, v in opts.items() if v is not None}
+        if config_file or properties or any(table == "model" for table, _ in given):
+            raise click.UsageError("--resume continues a run with its stored model and data settings; "
+                                   "drop --config, --property and model-size options")
+        from ..train import RESUME_CHANGEABLE
+
+        bad = [f"--{k.replace('_', '-')}" for (_, field), (k, _) in given.items() if field not in RESUME_CHANGEABLE]
+        if bad:
+            raise click.UsageError(f"{', '.join(bad)} cannot change when resuming (the run keeps what it learns "
+                                   "with); --epochs, --max-time, --early-stopping, --checkpoint-every, --threads, "
+                                   "--device and --max-bad-steps can")
+        changes = {field: v for (_, field), (_, v) in given.items()}
+        changes["show_progress"] = progress
     model_config = ModelConfig.from_dict(settings["model"])
     train_config = TrainConfig.from_dict(settings["train"])
     result = train(data, out, model_config=model_config, train_config=train_config, smiles_column=smiles_column,
                    property_columns=tuple(properties), runs_dir=runs_dir, resume=resume, n_jobs=n_jobs,
-                   use_cache=use_cache)
+                   use_cache=use_cache, resume_changes=changes)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     prep = result.prepared
