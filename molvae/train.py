@@ -127,14 +127,17 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products in hardware (AVX-512 BF16 or AMX)."""
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether bf16 autocast speeds training up on this CPU: it has AMX tiles (``amx_bf16``).
+
+    AVX-512 BF16 alone is not enough: on a 2-core Xeon with ``avx512_bf16`` but no AMX, an
+    epoch of 2,850 ZINC molecules took 18 s with bf16 autocast and 13 s in fp32.
+    """
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return "amx_bf16" in line.split(":", 1)[1].split()
     except OSError:
         pass
     return False
@@ -298,7 +301,7 @@ def _write_history(run: Path, history: list[dict[str, Any]]) -> None:
 
 #: TrainConfig fields a resumed run may change: its length and how it runs, not what it learns.
 RESUME_CHANGEABLE = ("epochs", "max_time_minutes", "early_stopping", "checkpoint_every", "num_threads", "device",
-                     "show_progress", "max_bad_steps", "recon_eval_size")
+                     "amp", "cpu_amp", "show_progress", "max_bad_steps", "recon_eval_size")
 
 
 def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None = None,

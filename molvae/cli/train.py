@@ -108,7 +108,7 @@ def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs,
         if bad:
             raise click.UsageError(f"{', '.join(bad)} cannot change when resuming (the run keeps what it learns "
                                    "with); --epochs, --max-time, --early-stopping, --checkpoint-every, --threads, "
-                                   "--device and --max-bad-steps can")
+                                   "--device, --amp, --cpu-amp and --max-bad-steps can")
         changes = {field: v for (_, field), (_, v) in given.items()}
         changes["show_progress"] = progress
     model_config = ModelConfig.from_dict(settings["model"])

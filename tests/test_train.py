@@ -1,0 +1,11 @@
+
+
+def test_bf16_autocast_only_with_amx(tmp_path):
+    from molvae.train import cpu_has_fast_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    assert not cpu_has_fast_bf16(str(info))      # AVX-512 BF16 without AMX: slower than fp32
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_has_fast_bf16(str(info))
+    assert not cpu_has_fast_bf16(str(tmp_path / "missing"))
