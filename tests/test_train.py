@@ -1,8 +1,11 @@
+"""Training settings chosen from the machine: when bf16 autocast is used on the CPU."""
+
+from __future__ import annotations
+
+from molvae.train import cpu_has_fast_bf16
 
 
 def test_bf16_autocast_only_with_amx(tmp_path):
-    from molvae.train import cpu_has_fast_bf16
-
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
     assert not cpu_has_fast_bf16(str(info))      # AVX-512 BF16 without AMX: slower than fp32
