@@ -86,15 +86,22 @@ class Guards:
         max_sa: SA score at most this (1 easy .. 10 hard).
         max_ring_size: no ring larger than this.
         min_ring_size: no ring smaller than this (e.g. 5 forbids cyclopropanes and -butanes).
+        allow_radicals: score molecules with unpaired electrons (off by default: a decoder can
+            write ``[CH]`` in a ring, and QED or logP do not see that it is not a molecule one can make).
     """
 
     max_heavy_atoms: int | None = 38
     max_sa: float | None = None
     max_ring_size: int | None = None
     min_ring_size: int | None = None
+    allow_radicals: bool = False
 
     def check(self, mol: Chem.Mol) -> str | None:
         """``None`` when ``mol`` passes, else the reason it does not."""
+        if not self.allow_radicals:
+            radicals = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
+            if radicals:
+                return f"{radicals} unpaired electron{'s' if radicals > 1 else ''} (radical)"
         if self.max_heavy_atoms is not None and mol.GetNumHeavyAtoms() > self.max_heavy_atoms:
             return f"{mol.GetNumHeavyAtoms()} heavy atoms > {self.max_heavy_atoms}"
         rings = [len(r) for r in mol.GetRingInfo().AtomRings()]
@@ -112,7 +119,8 @@ class Guards:
         parts = [f"heavy atoms <= {self.max_heavy_atoms}" if self.max_heavy_atoms is not None else "",
                  f"SA <= {self.max_sa}" if self.max_sa is not None else "",
                  f"rings <= {self.max_ring_size}" if self.max_ring_size is not None else "",
-                 f"rings >= {self.min_ring_size}" if self.min_ring_size is not None else ""]
+                 f"rings >= {self.min_ring_size}" if self.min_ring_size is not None else "",
+                 "" if self.allow_radicals else "no radicals"]
         return ", ".join(p for p in parts if p) or "none"
 
 

@@ -82,6 +82,18 @@ def test_guards_and_invalid():
     assert "SA" in parse_objective("qed", Guards(max_sa=1.5)).evaluate([CAFFEINE])[1][0]
 
 
+def test_radicals_are_not_scored_by_default():
+    # A decoder's [CH] in a ring: one unpaired electron, which QED does not see.
+    radical = "Cn1ncc(NCC2[CH]CCc3ccccc32)c(Cl)c1=O"
+    closed = "Cn1ncc(NCC2CCCc3ccccc32)c(Cl)c1=O"
+    scores, reasons = parse_objective("qed").evaluate([radical, closed])
+    assert math.isnan(scores[0]) and reasons[0] == "guard: 1 unpaired electron (radical)"
+    assert scores[1] == pytest.approx(chem.qed(chem.to_mol(closed)))
+    allowed = parse_objective("qed", Guards(allow_radicals=True))([radical])[0]
+    assert allowed == pytest.approx(chem.qed(chem.to_mol(radical)))
+    assert "no radicals" in Guards().describe() and "no radicals" not in Guards(allow_radicals=True).describe()
+
+
 def test_unknown_objective_message():
     with pytest.raises(InvalidInputError, match="unknown objective 'foo'.*qed"):
         parse_objective("foo")

@@ -77,6 +77,7 @@ def _optional_limit(ctx, param, value):
 @click.option("--max-sa", type=float, callback=positive_float, help="Guard: SA score at most this.")
 @click.option("--max-ring-size", type=int, callback=positive_int, help="Guard: no ring larger than this.")
 @click.option("--min-ring-size", type=int, callback=positive_int, help="Guard: no ring smaller than this.")
+@click.option("--allow-radicals", is_flag=True, help="Guard off: also score molecules with unpaired electrons.")
 @click.option("--batch-size", type=int, callback=positive_int, help="bo: points per batch [10].")
 @click.option("--acquisition", type=click.Choice(["qei", "qucb", "ts"]),
               help="bo: q-log expected improvement, q-UCB or Thompson sampling [qei].")
@@ -92,7 +93,8 @@ def _optional_limit(ctx, param, value):
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw the top molecules, with their scores, as a grid image (.png or .svg).")
 def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, seed, start, min_similarity, init_file,
-                 init_score_column, n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, batch_size,
+                 init_score_column, n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, allow_radicals,
+                 batch_size,
                  acquisition, steps, step_size, n_starts, trust_radius, prior_weight, device, threads, progress, grid):
     """Search the latent space for molecules that maximize an objective.
 
@@ -119,7 +121,7 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
     if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
         raise click.BadParameter(f"must be in [0, 1], got {min_similarity}", param_hint="--min-similarity")
     guards = Guards(max_heavy_atoms=max_heavy_atoms or None, max_sa=max_sa, max_ring_size=max_ring_size,
-                    min_ring_size=min_ring_size)
+                    min_ring_size=min_ring_size, allow_radicals=allow_radicals)
     try:
         obj = parse_objective(objective, guards)
     except InvalidInputError as exc:
