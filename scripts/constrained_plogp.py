@@ -19,6 +19,7 @@ pLogP is the unnormalized form (``plogp``); molecules over 38 heavy atoms are no
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ def _run_one(task: tuple[float, int, str]) -> dict:
     args = _WORKER["args"]
     t0 = time.perf_counter()
     res = optimize(_WORKER["model"], "plogp", method=args.method, budget=args.budget, seed=args.seed + k, start=smi,
-                   min_similarity=delta, guards=Guards(max_heavy_atoms=38), top_k=1)
+                   min_similarity=delta, guards=Guards(max_heavy_atoms=38), top_k=1, settings=args.settings)
     sim = float(res.top["similarity"].iloc[0]) if res.success else None
     return {"delta": delta, "index": k, "start": smi, "start_plogp": res.start_score, "best": res.best_smiles,
             "best_plogp": res.best_score if res.success else None, "similarity": sim,
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="start molecules: a seeded subset of the 800 lowest-pLogP test molecules [800]")
     ap.add_argument("--deltas", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per process [1]")
+    ap.add_argument("--settings", type=json.loads, default=None, metavar="JSON",
+                    help="method settings, e.g. '{\"step_size\": 0.05, \"restart_noise\": 0.1, \"trust_radius\": 2}' "
+                         "(fields of molvae.optimize.GradientSettings / BOSettings)")
     ap.add_argument("--processes", type=int, default=1,
                     help="start molecules searched in parallel, one process each [1]")
     args = ap.parse_args(argv)
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     oc.print_table(["δ", "method", "improvement (successes)", "improvement (all)", "similarity", "success"], table)
     oc.write_json(args.out, {
         "task": "constrained plogp (unnormalized), improvement at Tanimoto >= delta",
-        "model": oc.describe_model(model), "method": args.method, "budget_per_molecule": args.budget,
+        "model": oc.describe_model(model), "method": args.method, "settings": args.settings,
+        "budget_per_molecule": args.budget,
         "seed": args.seed, "start_set": f"seeded subset ({len(starts)}) of the {len(pool)} lowest-pLogP ZINC250k "
                                         f"test-split molecules the model encodes",
         "start_plogp_mean": round(float(np.mean([pool_scores[i] for i in idx])), 4) if idx else None,
