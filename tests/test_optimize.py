@@ -181,6 +181,14 @@ def test_search_ends_when_nothing_above_the_floor_can_be_scored(tiny_model, star
     assert res.n_calls < 50
 
 
+def test_gradient_max_rounds_bounds_the_search(tiny_model, start_smiles):
+    res = optimize(tiny_model, "plogp", method="gradient", budget=500, seed=0, start=start_smiles,
+                   min_similarity=0.0, settings={**GRAD, "max_rounds": 2, "patience": 50})
+    _check_log(res, 500)
+    assert res.stop_reason == "2 rounds (max_rounds)" and res.n_calls < 500
+    assert res.log["step"].max() <= 2 * GRAD["steps"]
+
+
 @pytest.mark.parametrize("method,settings", [("gradient", GRAD), ("bo", BO)])
 def test_seed_reproduces(tiny_model, method, settings):
     a = optimize(tiny_model, "qed", method=method, budget=10, seed=3, settings=settings)

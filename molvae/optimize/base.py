@@ -25,7 +25,10 @@ class GradientSettings:
     units) along the normalized gradient of ``f(z) − prior_weight·‖z‖²/2``, keeping each
     path within ``trust_radius`` of its start; every step's point is decoded (greedy) and
     new molecules go to the oracle. Later rounds restart from the best molecules found,
-    jittered by ``restart_noise``, and from fresh start points.
+    jittered by ``restart_noise``, and from fresh start points. The search ends when the
+    budget is spent, after ``patience`` rounds without a new scored molecule, or after
+    ``max_rounds`` rounds (a bound on the time when few decoded molecules can be scored,
+    e.g. at a high similarity floor).
     """
 
     n_starts: int = 16
@@ -36,6 +39,7 @@ class GradientSettings:
     restart_noise: float = 0.3
     n_init: int | None = None        # surrogate mode: molecules scored before the first fit (default budget/5, ≤ 200)
     patience: int = 5                 # rounds without a new charged (scored) molecule before giving up
+    max_rounds: int | None = None     # stop after this many rounds even with budget left (bounds the time)
     use_head: bool = True             # use a property head matching the objective when there is one
 
 

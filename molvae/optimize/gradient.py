@@ -85,7 +85,8 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
 
     stale = 0
     rnd = 0
-    while not oracle.exhausted and stale < settings.patience:
+    while not oracle.exhausted and stale < settings.patience and (settings.max_rounds is None
+                                                                  or rnd < settings.max_rounds):
         if not on_head:
             scorer.fit(np.concatenate(data_z), np.concatenate(data_y))
         starts = _round_starts(model, oracle, scorer, settings, rng, rnd, start_z, init_smiles, on_head,
@@ -108,6 +109,8 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
         stale = stale + 1 if oracle.n_calls == calls_before else 0
     if oracle.exhausted:
         return "budget spent"
+    if stale < settings.patience:
+        return f"{rnd} rounds (max_rounds)"
     return f"no new scored molecule in {settings.patience} rounds"
 
 
