@@ -197,10 +197,17 @@ def known_scores(args: Any, objective: str) -> tuple[list[str], np.ndarray]:
 
 
 def zinc_canonical(args: Any) -> set[str]:
-    """Canonical SMILES of all of ZINC250k (train and test), for novelty."""
+    """Canonical SMILES of all of ZINC250k (train and test), for novelty; cached as
+    ``<work-dir>/zinc_canonical.txt``."""
     from molvae import chem
 
-    return {c for c in (chem.canonicalize(s) for s in read_zinc(args.zinc)) if c}
+    cache = Path(args.work_dir) / "zinc_canonical.txt"
+    if cache.is_file():
+        return set(cache.read_text(encoding="utf-8").split())
+    canon = sorted({c for c in (chem.canonicalize(s) for s in read_zinc(args.zinc)) if c})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text("".join(f"{c}\n" for c in canon), encoding="utf-8")
+    return set(canon)
 
 
 def methods(args: Any) -> list[str]:

@@ -94,8 +94,8 @@ def _optional_limit(ctx, param, value):
               help="Also draw the top molecules, with their scores, as a grid image (.png or .svg).")
 def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, seed, start, min_similarity, init_file,
                  init_score_column, n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, allow_radicals,
-                 batch_size,
-                 acquisition, steps, step_size, n_starts, trust_radius, prior_weight, device, threads, progress, grid):
+                 batch_size, acquisition, steps, step_size, n_starts, trust_radius, prior_weight, device, threads,
+                 progress, grid):
     """Search the latent space for molecules that maximize an objective.
 
     \b

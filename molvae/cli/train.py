@@ -106,9 +106,9 @@ def train_cmd(data, out, config_file, resume, smiles_column, properties, n_jobs,
 
         bad = [f"--{k.replace('_', '-')}" for (_, field), (k, _) in given.items() if field not in RESUME_CHANGEABLE]
         if bad:
+            can = [f"--{k.replace('_', '-')}" for k, (_, field) in _MAP.items() if field in RESUME_CHANGEABLE]
             raise click.UsageError(f"{', '.join(bad)} cannot change when resuming (the run keeps what it learns "
-                                   "with); --epochs, --max-time, --early-stopping, --checkpoint-every, --threads, "
-                                   "--device, --amp, --cpu-amp and --max-bad-steps can")
+                                   f"with); these can: {', '.join(can)}")
         changes = {field: v for (_, field), (_, v) in given.items()}
         changes["show_progress"] = progress
     model_config = ModelConfig.from_dict(settings["model"])
