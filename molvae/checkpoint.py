@@ -14,7 +14,6 @@ import platform
 import re
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +140,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{path}: truncated or corrupt model file, or not one written by molvae "
             f"(unpickling failed: {reason[:200]}); it was not loaded") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001
+        # Arbitrary bytes reach torch's legacy unpickler, which fails in many ways (IndexError,
+        # struct.error, EOFError, zipfile.BadZipFile, ...); every one of them means a corrupt file.
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or corrupt model file ({msg[:200]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
