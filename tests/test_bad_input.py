@@ -307,6 +307,7 @@ def test_sd_record_that_does_not_parse(tmp_path):
     (["--temperature", "-1"], "--temperature"),
     (["--batch-size", "0"], "--batch-size"),
     (["--out", "molecules.json"], "--out"),
+    (["--threads", "0"], "--threads"),
 ])
 def test_generate_bad_option_values(tmp_path, tiny_run, args, option):
     res = cli("generate", "--model", tiny_run.run_dir, *args)
@@ -347,6 +348,22 @@ def test_encode_reports_rows_outside_the_vocabulary(tmp_path, tiny_run):
     assert z["row"].tolist() == [1, 2, 3, 4, 5]  # one output row per input row, in order
     assert all("not in the model's vocabulary" in r for r in z["reason"][:4]) and z["reason"][4] == ""
     assert "4 of 5 rows could not be encoded" in res.output
+
+
+@pytest.mark.parametrize("command", ["encode", "reconstruct", "score"])
+def test_nothing_encodable_exits_nonzero_and_keeps_every_row(tmp_path, tiny_run, command):
+    # Only the four molecules outside the vocabulary: the job produced nothing usable, so it must
+    # fail for a script, yet the table with every row's reason is still written, in input order.
+    needs(command)
+    src = pd.read_csv(BAD / "metals_and_rare_elements.csv").iloc[:4]
+    inp = tmp_path / "metals.csv"
+    src.to_csv(inp, index=False)
+    out = tmp_path / "out.csv"
+    res = cli(command, inp, "--model", tiny_run.run_dir, "--out", out)
+    refused(res, str(inp), "none of the 4 molecules could be encoded", "not in the model's vocabulary", str(out))
+    table = pd.read_csv(out, keep_default_na=False)
+    assert table["row"].tolist() == [1, 2, 3, 4]
+    assert all("not in the model's vocabulary" in r for r in table["reason"])
 
 
 @pytest.mark.parametrize("name, needle", [("empty.csv", "empty"), ("non_utf8.csv", "line 3"),

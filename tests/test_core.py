@@ -247,6 +247,27 @@ def test_cli_train_then_generate(tmp_path, small_csv, monkeypatch):
     assert df["smiles"].tolist() == lines
 
 
+@pytest.mark.parametrize("command", [["generate", "--n", "20", "--seed", "3"], ["encode", "CCO", "--out", "z.csv"]])
+def test_threads_option_sets_torch_threads_and_not_the_result(tmp_path, tiny_run, monkeypatch, command):
+    # Sampling and encoding give the same molecules and vectors on any thread count. (A gradient
+    # search does not: float sums in another order move its paths; it is reproducible per count.)
+    monkeypatch.chdir(tmp_path)
+    z_file = tmp_path / "z.csv"
+    runner = CliRunner()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        plain = runner.invoke(main, [*command, "-m", str(tiny_run.run_dir)])
+        assert plain.exit_code == 0, plain.output
+        outputs = [plain.stdout, z_file.read_text() if z_file.exists() else ""]
+        one = runner.invoke(main, [*command, "-m", str(tiny_run.run_dir), "--threads", "1"])
+        assert one.exit_code == 0, one.output
+        assert torch.get_num_threads() == 1
+        assert [one.stdout, z_file.read_text() if z_file.exists() else ""] == outputs
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train", "missing.csv"], "no such file"),
     (["generate", "--n", "5", "--model", "nope.pt"], "no such model"),

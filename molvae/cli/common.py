@@ -26,6 +26,21 @@ def device_option(f):
                         help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")(f)
 
 
+def _set_threads(ctx, param, value):
+    value = positive_int(ctx, param, value)
+    if value:
+        import torch
+
+        torch.set_num_threads(value)
+    return value
+
+
+def threads_option(f):
+    """``--threads N``: torch's CPU threads for this command (set before any model work starts)."""
+    return click.option("--threads", type=int, expose_value=False, callback=_set_threads,
+                        help="CPU threads for torch [torch's default: all cores].")(f)
+
+
 def load_model(spec: str | None, device: str = "auto", announce: bool = True) -> MolVAE:
     """Find and load a model, saying on stderr which one is used."""
     path, how = find_model(spec)

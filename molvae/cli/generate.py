@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from . import main
-from .common import device_option, load_model, model_option, positive_float, positive_int, stop_on_interrupt
+from .common import (device_option, load_model, model_option, positive_float, positive_int, stop_on_interrupt,
+                     threads_option)
 
 
 def _read_reference(path: str) -> set[str]:
@@ -51,6 +52,7 @@ def _output_file(ctx, param, value):
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw the first 50 valid molecules, with their QED, as a grid image (.png or .svg).")
 @device_option
+@threads_option
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [on for N > 5000].")
 def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, unique, novel_vs, properties, grid,
                  device, progress):

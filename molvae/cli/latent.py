@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from . import main
-from .common import device_option, load_model, model_option, positive_float, positive_int
+from ..errors import InvalidInputError
+from .common import device_option, load_model, model_option, positive_float, positive_int, threads_option
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -74,6 +75,15 @@ def report_rejects(table: pd.DataFrame, reasons, rejected_out: str | None = None
     click.echo(f"{len(bad)} of {len(table)} rows could not be encoded{where}: {shown}{more}", err=True)
 
 
+def fail_if_none_encoded(table: pd.DataFrame, reasons, source: str, out: str | None) -> None:
+    """Exit 1 (after the table with every row's reason was written) when no row could be encoded:
+    a job that produced nothing usable must not look like a success to a script or pipeline."""
+    if len(table) and all(reasons):
+        kept = f"; every row and its reason is in {out}" if out else ""
+        raise InvalidInputError(f"{source}: none of the {len(table)} molecules could be encoded by this model "
+                                f"(first reason: {next(iter(reasons))}){kept}")
+
+
 def smiles_column_option(f):
     return click.option("--smiles-column", help="SMILES column of a CSV input (default: 'smiles' or the only column).")(f)
 
@@ -107,6 +117,7 @@ def grid_option(f):
 @click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int)
 @model_option
 @device_option
+@threads_option
 def encode_cmd(input_, out, sample, seed, rejected_out, smiles_column, batch_size, model_spec, device):
     """Latent vectors of the molecules in INPUT (a file, or one SMILES), rows aligned with the input.
 
@@ -124,6 +135,7 @@ def encode_cmd(input_, out, sample, seed, rejected_out, smiles_column, batch_siz
     click.echo(f"encoded {n_ok} of {len(table)} molecules ({z.shape[1]}-dimensional "
                f"{'samples' if sample else 'means'}) to {out}", err=True)
     report_rejects(table, reasons, rejected_out)
+    fail_if_none_encoded(table, reasons, input_, out)
 
 
 @main.command("decode")
@@ -138,12 +150,12 @@ def encode_cmd(input_, out, sample, seed, rejected_out, smiles_column, batch_siz
 @click.option("--batch-size", type=int, default=1000, show_default=True, callback=positive_int)
 @model_option
 @device_option
+@threads_option
 def decode_cmd(latents, out, stochastic, temperature, seed, properties, grid, batch_size, model_spec, device):
     """Molecules decoded from LATENTS (.npy, or .csv/.parquet with columns z0, z1, ...), one row each.
 
     NaN rows (molecules `encode` could not read) give an empty, invalid row, so rows stay aligned.
     """
-    from ..errors import InvalidInputError
     from ..sample import load_latents
 
     z = load_latents(latents)
@@ -181,6 +193,7 @@ def decode_cmd(latents, out, stochastic, temperature, seed, properties, grid, ba
 @click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int)
 @model_option
 @device_option
+@threads_option
 def reconstruct_cmd(input_, n_decodes, seed, out, properties, smiles_column, batch_size, model_spec, device):
     """Encode and decode the molecules of INPUT: exact-match flag, Tanimoto to the input, overall accuracy.
 
@@ -199,6 +212,7 @@ def reconstruct_cmd(input_, n_decodes, seed, out, properties, smiles_column, bat
     click.echo(f"reconstruction accuracy {summary['accuracy']:.3f} ({summary['n_exact']}/{summary['n_encoded']} "
                f"encoded molecules exact; {summary['n_rejected']} not encodable); mean Tanimoto to the input "
                f"{summary['mean_tanimoto']:.3f}{extra}", err=True)
+    fail_if_none_encoded(table, [r or None for r in res["reason"]], input_, out)
 
 
 # ----------------------------------------------------------------------------- interpolate / neighbors
@@ -215,6 +229,7 @@ def reconstruct_cmd(input_, n_decodes, seed, out, properties, smiles_column, bat
 @grid_option
 @model_option
 @device_option
+@threads_option
 def interpolate_cmd(smiles_a, smiles_b, steps, spherical, keep_duplicates, out, properties, grid, model_spec,
                     device):
     """Molecules on the latent path from SMILES_A to SMILES_B, each with its position t in [0, 1]."""
@@ -242,6 +257,7 @@ def interpolate_cmd(smiles_a, smiles_b, steps, spherical, keep_duplicates, out, 
 @grid_option
 @model_option
 @device_option
+@threads_option
 def neighbors_cmd(smiles, n, radius, seed, max_draws, out, grid, model_spec, device):
     """Molecules decoded around the latent vector of SMILES, most similar first, with properties."""
     from ..sample import neighbors
@@ -268,6 +284,7 @@ def neighbors_cmd(smiles, n, radius, seed, max_draws, out, grid, model_spec, dev
 @click.option("--batch-size", type=int, default=256, show_default=True, callback=positive_int)
 @model_option
 @device_option
+@threads_option
 def score_cmd(input_, n_samples, seed, out, properties, smiles_column, batch_size, model_spec, device):
     """Outlier score of each molecule: its negative ELBO (reconstruction + KL, nats).
 
@@ -289,3 +306,4 @@ def score_cmd(input_, n_samples, seed, out, properties, smiles_column, batch_siz
         click.echo(f"scored {len(enc)} of {len(res)} molecules: median −ELBO {enc['score'].median():.2f} nats "
                    f"(higher = less like the training data)", err=True)
     report_rejects(table, [r or None for r in res["reason"]])
+    fail_if_none_encoded(table, [r or None for r in res["reason"]], input_, out)

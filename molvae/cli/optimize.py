@@ -9,14 +9,7 @@ from pathlib import Path
 import click
 
 from . import main
-from .common import device_option, load_model, model_option, positive_float, positive_int
-
-
-def _threads(value: int | None) -> None:
-    if value:
-        import torch
-
-        torch.set_num_threads(value)
+from .common import device_option, load_model, model_option, positive_float, positive_int, threads_option
 
 
 def _read_smiles(path: str, score_column: str | None = None) -> tuple[list[str], list[float] | None]:
@@ -88,13 +81,13 @@ def _optional_limit(ctx, param, value):
               help="gradient: max distance of a path from its start [4].")
 @click.option("--prior-weight", type=float, help="gradient: weight of the -||z||^2/2 prior penalty [0.05].")
 @device_option
-@click.option("--threads", type=int, callback=positive_int, help="CPU threads for torch.")
+@threads_option
 @click.option("--progress/--no-progress", default=True, help="Progress bar with the best score so far.")
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw the top molecules, with their scores, as a grid image (.png or .svg).")
 def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, seed, start, min_similarity, init_file,
                  init_score_column, n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, allow_radicals,
-                 batch_size, acquisition, steps, step_size, n_starts, trust_radius, prior_weight, device, threads,
+                 batch_size, acquisition, steps, step_size, n_starts, trust_radius, prior_weight, device,
                  progress, grid):
     """Search the latent space for molecules that maximize an objective.
 
@@ -126,7 +119,6 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
         obj = parse_objective(objective, guards)
     except InvalidInputError as exc:
         raise click.BadParameter(str(exc), param_hint="--objective") from None
-    _threads(threads)
     if method == "gradient":
         settings = {"n_init": n_init, "steps": steps, "step_size": step_size, "n_starts": n_starts,
                     "trust_radius": trust_radius, "prior_weight": prior_weight}
@@ -183,6 +175,7 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write CSV here instead of stdout.")
 @click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int)
 @device_option
+@threads_option
 def predict_cmd(input_file, model_spec, smiles_column, out, batch_size, device):
     """Predict properties of the molecules in INPUT with the model's property head.
 

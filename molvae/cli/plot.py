@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import main
-from .common import device_option, load_model, positive_int
+from .common import device_option, load_model, positive_int, threads_option
 from .latent import read_input, smiles_column_option
 
 
@@ -33,6 +33,7 @@ def plot_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @smiles_column_option
 @device_option
+@threads_option
 def plot_latent_cmd(model_spec, input_, color_by, method, out, coords, max_molecules, seed, smiles_column, device):
     """A 2-D map of the latent space (PCA of μ by default) of the molecules in INPUT, coloured by a property."""
     from ..chem import PROPERTY_FUNCTIONS
@@ -109,6 +110,7 @@ def plot_grid_cmd(input_, out, legend, n, per_row, smiles_column):
 @click.option("--reference", type=click.Path(dir_okay=False, exists=True),
               help="Training molecules to compare with [the data file recorded in the run].")
 @device_option
+@threads_option
 def report_cmd(run_dir, out, n_samples, seed, reference, device):
     """One self-contained HTML page about a run: configuration, curves, samples, metrics, histograms.
 
