@@ -19,7 +19,6 @@ pLogP is the unnormalized form (``plogp``); molecules over 38 heavy atoms are no
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -132,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="start molecules: a seeded subset of the 800 lowest-pLogP test molecules [800]")
     ap.add_argument("--deltas", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per process [1]")
-    ap.add_argument("--settings", type=json.loads, default=None, metavar="JSON",
-                    help="method settings, e.g. '{\"step_size\": 0.05, \"restart_noise\": 0.1, \"trust_radius\": 2}' "
-                         "(fields of molvae.optimize.GradientSettings / BOSettings)")
+    oc.add_settings_argument(ap)
     ap.add_argument("--processes", type=int, default=1,
                     help="start molecules searched in parallel, one process each [1]")
     args = ap.parse_args(argv)

@@ -150,6 +150,19 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
         print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
+def add_settings_argument(ap) -> None:
+    ap.add_argument("--settings", type=json.loads, default=None, metavar="JSON",
+                    help="method settings, e.g. '{\"tr_length\": 0.4}' or '{\"step_size\": 0.05, \"trust_radius\": 2}' "
+                         "(fields of molvae.optimize.BOSettings / GradientSettings)")
+
+
+def settings_tag(settings: dict[str, Any] | None) -> str:
+    """A file-name part for non-default settings, so that runs with other settings keep their own logs."""
+    if not settings:
+        return ""
+    return "_" + "_".join(f"{k}{v}" for k, v in sorted(settings.items())).replace("/", "-").replace(" ", "")
+
+
 def add_search_arguments(ap, *, method: str, budget: int) -> None:
     ap.add_argument("--method", default=method, choices=["bo", "gradient", "both"], help=f"[{method}]")
     ap.add_argument("--budget", type=int, default=budget, help=f"oracle calls per search [{budget}]")
@@ -165,6 +178,7 @@ def add_search_arguments(ap, *, method: str, budget: int) -> None:
                          "[the method's default: 20 / 5]")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     ap.add_argument("--progress", action="store_true", help="progress bar per search")
+    add_settings_argument(ap)
 
 
 def init_molecules(args: Any) -> list[str]:
@@ -248,10 +262,11 @@ def run_top3(objectives: tuple[str, ...], default_budget: int, published: dict[s
     zinc = zinc_canonical(args)
     results = []
     for method in methods(args):
-        log_path = Path(args.work_dir) / f"{args.objective}_{method}_{args.design}_b{args.budget}_seed{args.seed}_log.csv"
+        log_path = Path(args.work_dir) / (f"{args.objective}_{method}_{args.design}_b{args.budget}_seed{args.seed}"
+                                          f"{settings_tag(args.settings)}_log.csv")
         res = optimize(model, args.objective, method=method, budget=args.budget, seed=args.seed, init_smiles=init,
                        init_scores=init_scores, guards=guards, log_path=log_path, progress=args.progress, top_k=3,
-                       settings={"patience": args.patience})
+                       settings={**(args.settings or {}), "patience": args.patience})
         top = res.top.head(3)
         log = res.log
         init_best = log[log["method"].str.endswith("-init") & log["charged"]]["score"].max()
@@ -276,7 +291,8 @@ def run_top3(objectives: tuple[str, ...], default_budget: int, published: dict[s
             where = "initial design (encoded training molecule)" if step == 0 else f"search step {step}"
             print(f"  {r['method']}: {v:.4f}  {s}  [{where}{'; in ZINC250k' if inz else '; not in ZINC250k'}]")
     write_json(args.out, {"task": f"{args.objective} top-3 (<= 38 heavy atoms)", "objective": args.objective,
-                          "seed": args.seed, "model": describe_model(model), "design": design,
+                          "seed": args.seed, "settings": args.settings, "model": describe_model(model),
+                          "design": design,
                           "init_molecules": len(init), "best_known_score": best_known,
                           "results": results, "published": published})
     return 0

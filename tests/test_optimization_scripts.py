@@ -37,11 +37,17 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_optimize_qed_known_design(mini_zinc, tiny_model, tmp_path):
     out = tmp_path / "qed.json"
     r = _run("optimize_qed.py", str(mini_zinc), "--model", str(tiny_model.path), "--budget", "6",
-             "--patience", "3", "--work-dir", str(tmp_path / "work"), "--n-jobs", "1", "--out", str(out))
+             "--patience", "3", "--work-dir", str(tmp_path / "work"), "--n-jobs", "1", "--out", str(out),
+             "--settings", '{"tr_length": 0.4, "batch_size": 3}')
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(out.read_text())
     res = data["results"][0]
     assert res["method"] == "bo" and res["n_calls"] <= 6
+    # --settings reach the search and are recorded; their log does not overwrite a default run's.
+    assert data["settings"] == {"tr_length": 0.4, "batch_size": 3}
+    assert Path(res["log"]).name == "qed_bo_known_b6_seed0_batch_size3_tr_length0.4_log.csv"
+    searched = pd.read_csv(res["log"], keep_default_na=False)
+    assert searched[searched["status"] != "known"].groupby("step").size().max() <= 3
     # The known design: train-split molecules with their true QED, free, never among the results.
     known = pd.read_csv(tmp_path / "work" / "zinc_train_qed.csv", keep_default_na=False)
     assert known["qed"].iloc[0] == pytest.approx(chem.qed(chem.to_mol(known["smiles"].iloc[0])))
