@@ -305,5 +305,6 @@ def score_cmd(input_, n_samples, seed, out, properties, smiles_column, batch_siz
     if len(enc):
         click.echo(f"scored {len(enc)} of {len(res)} molecules: median −ELBO {enc['score'].median():.2f} nats "
                    f"(higher = less like the training data)", err=True)
-    report_rejects(table, [r or None for r in res["reason"]])
-    fail_if_none_encoded(table, [r or None for r in res["reason"]], input_, out)
+    reasons = [r or None for r in res["reason"]]
+    report_rejects(table, reasons)
+    fail_if_none_encoded(table, reasons, input_, out)
