@@ -22,6 +22,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .errors import CheckpointError, InvalidInputError
 from .model import VAE, sequences_to_tensor
+from .prior import NORMAL, GaussianMixturePrior, prior_from_dict
 from .vocab import SPECIAL_TOKENS, Vocabulary
 
 __all__ = ["MolVAE", "resolve_device", "find_model", "SHIPPED_MODELS_DIR", "LATEST_POINTER"]
@@ -115,7 +116,8 @@ class MolVAE:
 
     def __init__(self, net: VAE, vocab: Vocabulary, *, train_config: TrainConfig | None = None,
                  history: list[dict[str, Any]] | None = None, metadata: dict[str, Any] | None = None,
-                 path: Path | None = None):
+                 path: Path | None = None, priors: dict[str, GaussianMixturePrior] | None = None,
+                 default_prior: str = NORMAL):
         if len(vocab) != net.vocab_size:
             raise CheckpointError(f"vocabulary has {len(vocab)} tokens but the network expects {net.vocab_size}")
         self.net = net
@@ -124,6 +126,11 @@ class MolVAE:
         self.history = history or []
         self.metadata = metadata or {}
         self.path = path
+        #: Fitted latent priors by name (see :mod:`molvae.prior`); N(0, I) is always available as "normal".
+        self.priors: dict[str, GaussianMixturePrior] = dict(priors or {})
+        if default_prior != NORMAL and default_prior not in self.priors:
+            raise CheckpointError(f"default prior {default_prior!r} is not among the stored priors {sorted(self.priors)}")
+        self.default_prior = default_prior
         # SELFIES tokens that place an atom (everything but specials, branches and rings).
         self.atom_tokens = torch.tensor(
             [i >= len(SPECIAL_TOKENS) and not any(k in t for k in ("Branch", "Ring", "nop"))
@@ -162,6 +169,8 @@ class MolVAE:
             "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
             "history": list(self.history),
             "metadata": dict(self.metadata),
+            **({"priors": {k: p.to_dict() for k, p in self.priors.items()}, "default_prior": self.default_prior}
+               if self.priors else {}),
         }
 
     def save(self, path: str | os.PathLike, **extra: Any) -> Path:
@@ -212,8 +221,15 @@ class MolVAE:
         net = VAE(config, len(vocab))
         net.load_state_dict(state)
         net.eval()
+        stored = data.get("priors") or {}
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"{where}: stored priors are not a mapping")
+        priors = {str(k): prior_from_dict(v, config.latent_dim, where) for k, v in stored.items()}
+        default = data.get("default_prior") or NORMAL
+        if default != NORMAL and default not in priors:
+            raise CheckpointError(f"{where}: default prior {default!r} is not among the stored priors {sorted(priors)}")
         return cls(net, vocab, train_config=train_config, history=list(data.get("history") or []),
-                   metadata=dict(data.get("metadata") or {}), path=path)
+                   metadata=dict(data.get("metadata") or {}), path=path, priors=priors, default_prior=default)
 
     @classmethod
     def load(cls, spec: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> MolVAE:
@@ -292,18 +308,44 @@ class MolVAE:
         return pd.DataFrame({"smiles": [r[0] for r in rows], "selfies": [r[1] for r in rows],
                              "valid": [bool(r[0]) for r in rows]})
 
+    def available_priors(self) -> list[str]:
+        """Names of the priors :meth:`sample` can draw z from: ``"normal"`` and any fitted ones."""
+        return [NORMAL, *sorted(self.priors)]
+
+    def resolve_prior(self, prior: str | None = None) -> str:
+        """The prior's name for ``prior`` (``None`` or ``"default"``: the model's default)."""
+        name = self.default_prior if prior in (None, "default") else prior
+        if name != NORMAL and name not in self.priors:
+            raise InvalidInputError(f"unknown prior {prior!r}; this model has {self.available_priors()}")
+        return name
+
+    def describe_prior(self, prior: str | None = None) -> str:
+        name = self.resolve_prior(prior)
+        return "N(0, I)" if name == NORMAL else self.priors[name].describe()
+
     def iter_samples(self, n: int, *, temperature: float = 1.0, greedy: bool = False, seed: int | None = None,
-                     batch_size: int = 1000) -> Iterator[pd.DataFrame]:
-        """Sample the prior in batches: yields tables of ``smiles, selfies, valid`` totalling ``n`` rows."""
+                     batch_size: int = 1000, prior: str | None = None) -> Iterator[pd.DataFrame]:
+        """Sample a prior in batches: yields tables of ``smiles, selfies, valid`` totalling ``n`` rows.
+
+        ``prior``: ``"normal"`` (z ~ N(0, I)), the name of a fitted prior (:attr:`priors`), or
+        ``None`` for the model's :attr:`default_prior`.
+        """
         if n < 0:
             raise InvalidInputError(f"number of molecules must be >= 0, got {n}")
         if temperature <= 0:
             raise InvalidInputError(f"temperature must be > 0, got {temperature}")
+        name = self.resolve_prior(prior)
         gen = _generator(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()), self.device)
+        # A fitted prior draws on the CPU (float64 mixture); its generator is seeded from the same stream.
+        cpu_gen = gen if self.device.type == "cpu" else _generator(int(torch.randint(
+            0, 2**31 - 1, (), generator=gen, device=self.device).item()), torch.device("cpu"))
         done = 0
         while done < n:
             m = min(batch_size, n - done)
-            z = torch.randn(m, self.config.latent_dim, generator=gen, device=self.device)
+            if name == NORMAL:
+                z = torch.randn(m, self.config.latent_dim, generator=gen, device=self.device)
+            else:
+                z = self.priors[name].sample(m, generator=cpu_gen, device=self.device)
             ids = self.net.generate(z, self.config.max_len, temperature=temperature, greedy=greedy, generator=gen,
                                     atom_tokens=self.atom_tokens)
             rows = [self.ids_to_smiles(seq) for seq in ids]
@@ -312,10 +354,12 @@ class MolVAE:
                                 "valid": [bool(r[0]) for r in rows]})
 
     def sample(self, n: int, *, temperature: float = 1.0, greedy: bool = False, seed: int | None = None,
-               batch_size: int = 1000) -> pd.DataFrame:
-        """``n`` molecules decoded from z ~ N(0, I): a table of ``smiles, selfies, valid``."""
+               batch_size: int = 1000, prior: str | None = None) -> pd.DataFrame:
+        """``n`` molecules decoded from z drawn from ``prior`` (default: the model's default prior):
+        a table of ``smiles, selfies, valid``."""
         self.net.eval()
-        parts = list(self.iter_samples(n, temperature=temperature, greedy=greedy, seed=seed, batch_size=batch_size))
+        parts = list(self.iter_samples(n, temperature=temperature, greedy=greedy, seed=seed, batch_size=batch_size,
+                                       prior=prior))
         if not parts:
             return pd.DataFrame({"smiles": [], "selfies": [], "valid": []})
         return pd.concat(parts, ignore_index=True)

@@ -85,5 +85,5 @@ def _register() -> None:
 
 
 # Command modules; each defines its commands with @main.command().
-COMMAND_MODULES = ["train", "generate", "evaluate", "models", "latent", "plot", "optimize"]
+COMMAND_MODULES = ["train", "generate", "evaluate", "models", "latent", "plot", "optimize", "prior"]
 _register()

@@ -43,6 +43,9 @@ def _output_file(ctx, param, value):
 @click.option("--temperature", "-t", type=float, default=1.0, show_default=True, callback=positive_float,
               help="Softmax temperature of the decoder.")
 @click.option("--greedy", is_flag=True, help="Take the most likely token at each step (z still random).")
+@click.option("--prior", default=None, metavar="NAME",
+              help="Where z comes from: 'normal' (N(0, I)) or a prior fitted with `molvae prior` "
+                   "(e.g. 'gmm'); default: the model's default prior, named on stderr.")
 @click.option("--seed", type=int, default=None, help="Random seed (same seed, same molecules).")
 @click.option("--batch-size", type=int, default=1000, show_default=True, callback=positive_int)
 @click.option("--unique", is_flag=True, help="Sample until N distinct molecules (capped at 50×N draws).")
@@ -54,9 +57,12 @@ def _output_file(ctx, param, value):
 @device_option
 @threads_option
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [on for N > 5000].")
-def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, unique, novel_vs, properties, grid,
+def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_size, unique, novel_vs, properties, grid,
                  device, progress):
-    """Sample N molecules from the prior z ~ N(0, I) and decode them to canonical SMILES.
+    """Sample N molecules from the model's prior and decode them to canonical SMILES.
+
+    The prior is N(0, I) unless the model carries a fitted one (`molvae prior`) chosen as its
+    default; --prior picks one by name, and the one used is named on stderr.
 
     Molecules are written in batches as they are made (memory stays flat for any N); Ctrl-C
     stops after the current batch, leaving only complete rows.
@@ -72,6 +78,8 @@ def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, uniq
     if grid and Path(grid).suffix.lower() not in (".png", ".svg"):
         raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
     model = load_model(model_spec, device)
+    prior_name = model.resolve_prior(prior)
+    click.echo(f"prior: {prior_name} ({model.describe_prior(prior_name)})", err=True)
     exclude = _read_reference(novel_vs) if novel_vs else None
     filtering = unique or exclude is not None
     max_draws = 50 * n if filtering else n
@@ -108,7 +116,8 @@ def generate_cmd(n, model_spec, out, temperature, greedy, seed, batch_size, uniq
         while written < n and draws < max_draws and not interrupt["stop"]:
             want = min(batch_size, max_draws - draws) if filtering else n - written
             for chunk in model.iter_samples(want, temperature=temperature, greedy=greedy,
-                                            seed=None if seed is None else seed + draws, batch_size=batch_size):
+                                            seed=None if seed is None else seed + draws, batch_size=batch_size,
+                                            prior=prior_name):
                 draws += len(chunk)
                 lines = []
                 for smi, sel, valid in chunk.itertuples(index=False):
