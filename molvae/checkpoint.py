@@ -8,6 +8,7 @@ in the same folder is written, fsynced and renamed over the target.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import platform
@@ -21,7 +22,8 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "versions", "atomic_write"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "versions", "atomic_write",
+           "atomic_output", "atomic_path"]
 
 FORMAT_NAME = "molvae-model"
 FORMAT_VERSION = 1
@@ -69,6 +71,43 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path`` (same suffix, for libraries that pick the format by it);
+    when the block succeeds it is fsynced and renamed over ``path``, otherwise deleted.
+
+    Every command writes its output files this way: a failure (a bad option found late, an error,
+    Ctrl-C) never leaves a truncated file, and an existing file is replaced only by a complete one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            tmp_path.unlink()
+        except OSError:
+            pass
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "w", **open_kwargs):
+    """``open(path, mode)`` on a temporary file that replaces ``path`` when the block succeeds
+    (see :func:`atomic_path`); text mode defaults to UTF-8."""
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
 
 
 def _umask() -> int:

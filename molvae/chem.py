@@ -24,6 +24,10 @@ from rdkit.rdBase import BlockLogs
 
 __all__ = [
     "quiet_rdkit",
+    "MAX_SMILES_LENGTH",
+    "MAX_ATOMS",
+    "size_problem",
+    "atoms_problem",
     "to_mol",
     "canonicalize",
     "largest_fragment",
@@ -59,23 +63,53 @@ def quiet_rdkit() -> Iterator[None]:
         del blocker
 
 
+# RDKit's SMILES writer recurses once per atom of a chain and overflows the C stack (a segfault,
+# no exception) at about 20,000 atoms; a worker process dies with it. Inputs are refused well
+# below that, before RDKit sees them: no drug-like or natural-product SMILES comes near either limit.
+MAX_SMILES_LENGTH = 5000
+MAX_ATOMS = 2000
+
+
+def size_problem(smiles: str) -> str | None:
+    """Why ``smiles`` is too long to hand to RDKit safely, or ``None``."""
+    if len(smiles) > MAX_SMILES_LENGTH:
+        return (f"SMILES of {len(smiles):,} characters, longer than the {MAX_SMILES_LENGTH:,} molvae reads "
+                "(RDKit can crash on molecules that large)")
+    return None
+
+
+def atoms_problem(mol: Chem.Mol) -> str | None:
+    """Why ``mol`` has too many atoms to write or score safely, or ``None``."""
+    n = mol.GetNumAtoms()
+    if n > MAX_ATOMS:
+        return f"molecule of {n:,} atoms, more than the {MAX_ATOMS:,} molvae reads (RDKit can crash on molecules that large)"
+    return None
+
+
 def to_mol(smiles: str | None) -> Chem.Mol | None:
-    """Parse a SMILES string; ``None`` when it is empty or RDKit rejects it."""
+    """Parse a SMILES string; ``None`` when it is empty, too large (:func:`size_problem`,
+    :func:`atoms_problem`) or RDKit rejects it."""
     if not isinstance(smiles, str):
         return None
     smiles = smiles.strip()
-    if not smiles:
+    if not smiles or size_problem(smiles):
         return None
     with quiet_rdkit():
         try:
-            return Chem.MolFromSmiles(smiles)
+            mol = Chem.MolFromSmiles(smiles)
         except Exception:  # RDKit raises on a few malformed inputs instead of returning None
             return None
+    if mol is not None and atoms_problem(mol):
+        return None
+    return mol
 
 
 def parse_error(smiles: str) -> str:
-    """Why RDKit rejects ``smiles``, in a few words (only called on failure)."""
+    """Why RDKit rejects ``smiles`` (or molvae refuses it for its size), in a few words (only called on failure)."""
     smiles = smiles.strip()
+    too_big = size_problem(smiles)
+    if too_big:
+        return too_big
     with quiet_rdkit():
         try:
             mol = Chem.MolFromSmiles(smiles, sanitize=False)
@@ -83,6 +117,8 @@ def parse_error(smiles: str) -> str:
             mol = None
         if mol is None:
             return "syntax error: unmatched ring bond or branch, unknown element or bad bracket atom"
+        if atoms_problem(mol):
+            return atoms_problem(mol)
         try:
             Chem.SanitizeMol(mol)
         except Chem.KekulizeException:
@@ -169,11 +205,20 @@ def process_smiles(smiles: str | None, *, keep_largest_fragment: bool = True
     """
     if not isinstance(smiles, str) or not smiles.strip():
         return "empty SMILES"
-    mol = to_mol(smiles)
+    too_big = size_problem(smiles.strip())
+    if too_big:
+        return too_big
+    with quiet_rdkit():
+        try:
+            mol = Chem.MolFromSmiles(smiles.strip())
+        except Exception:  # RDKit raises on a few malformed inputs instead of returning None
+            mol = None
     if mol is None:
         return f"RDKit could not parse the SMILES ({parse_error(smiles)})"
     if mol.GetNumAtoms() == 0:
         return "molecule has no atoms"
+    if atoms_problem(mol):
+        return atoms_problem(mol)
     if keep_largest_fragment:
         mol = largest_fragment(mol)
     elif len(Chem.GetMolFrags(mol)) > 1:
@@ -331,16 +376,9 @@ def compute_properties(smiles: Sequence[str | None], names: Iterable[str] = ("qe
         raise InvalidInputError(f"unknown property {unknown[0]!r}; expected one of {sorted(PROPERTY_FUNCTIONS)}")
     smiles = list(smiles)
     pieces = [(smiles[i:i + chunk_size], names) for i in range(0, len(smiles), chunk_size)]
-    if not n_jobs or n_jobs < 0:
-        n_jobs = os.cpu_count() or 1
-    if n_jobs > 1 and len(pieces) > 1:
-        import multiprocessing as mp
+    from .workers import ordered_map
 
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(min(n_jobs, len(pieces))) as pool:
-            parts = pool.map(_properties_chunk, pieces)
-    else:
-        parts = [_properties_chunk(piece) for piece in pieces]
+    parts = list(ordered_map(_properties_chunk, pieces, n_jobs or 0, what="computing molecular properties"))
     values = np.concatenate(parts) if parts else np.zeros((0, len(names)))
     return {n: values[:, j].astype(float) for j, n in enumerate(names)}
 

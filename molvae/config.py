@@ -8,17 +8,91 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import InvalidInputError
 
-__all__ = ["ModelConfig", "TrainConfig", "load_config_file", "KL_SCHEDULES"]
+__all__ = ["ModelConfig", "TrainConfig", "load_config_file", "KL_SCHEDULES", "ConfigError", "progress_wanted"]
 
 T = TypeVar("T")
 
 KL_SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+
+
+class ConfigError(InvalidInputError):
+    """A config field has the wrong type or is out of range; ``key`` names the field."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def progress_wanted(flag: bool | None) -> bool:
+    """The one rule for progress bars: ``flag`` when given, else a bar only when stderr is a terminal
+    (a log file or a pipe gets no carriage-return noise)."""
+    if flag is not None:
+        return bool(flag)
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# Field rules: (kind, low, high, low_open, high_open, optional). kind: int | float | bool | str.
+# ``low_open`` means ``value > low`` instead of ``>=``; every float must also be finite.
+_Rule = tuple
+
+
+def _describe(kind: str, low, high, low_open: bool, high_open: bool) -> str:
+    what = "an integer" if kind == "int" else "a number"
+    fmt = "d" if kind == "int" else "g"
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:{fmt}}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:{fmt}}")
+    return what + (" " + " and ".join(parts) if parts else "")
+
+
+def _check_fields(obj: Any, rules: dict[str, _Rule]) -> None:
+    """Check (and for floats normalize to ``float``) every field named in ``rules``.
+
+    Raises:
+        ConfigError: one line naming the class, the key, what was expected and what was given.
+    """
+    cls = type(obj).__name__
+    for name, (kind, low, high, low_open, high_open, optional) in rules.items():
+        value = getattr(obj, name)
+        where = f"{cls}.{name}"
+        if value is None:
+            if optional:
+                continue
+            expected = _describe(kind, low, high, low_open, high_open) if kind in ("int", "float") else f"a {kind}"
+            raise ConfigError(f"{where} must be {expected}, got None", name)
+        got = f"{value!r} ({type(value).__name__})" if isinstance(value, (str, bool)) else repr(value)
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false, got {got}", name)
+            continue
+        if kind == "str":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where} must be a non-empty string, got {got}", name)
+            continue
+        expected = _describe(kind, low, high, low_open, high_open)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+                (kind == "int" and not isinstance(value, numbers.Integral)):
+            raise ConfigError(f"{where} must be {expected}, got {got}", name)
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{where} must be {expected} (finite), got {value!r}", name)
+        if (low is not None and (value <= low if low_open else value < low)) or \
+                (high is not None and (value >= high if high_open else value > high)):
+            raise ConfigError(f"{where} must be {expected}, got {value!r}", name)
+        object.__setattr__(obj, name, int(value) if kind == "int" else float(value))
 
 
 class _ConfigMixin:
@@ -76,13 +150,12 @@ class ModelConfig(_ConfigMixin):
     max_len: int = 128               # longest decoded sequence in tokens (set from the data at training)
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "hidden_dim", "encoder_layers", "decoder_hidden_dim",
-                     "decoder_layers", "latent_dim", "property_hidden_dim", "max_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidInputError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise InvalidInputError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        _check_fields(self, _MODEL_RULES)
+        names = self.property_names
+        if isinstance(names, list):
+            object.__setattr__(self, "property_names", names := tuple(names))
+        if not isinstance(names, tuple) or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"ModelConfig.property_names must be a list of names, got {names!r}", "property_names")
 
 
 @dataclass(frozen=True)
@@ -114,26 +187,57 @@ class TrainConfig(_ConfigMixin):
     num_threads: int | None = None   # CPU threads for torch (None = torch's default)
     max_time_minutes: float | None = None  # stop (after validating and saving) once training took this long
     max_bad_steps: int = 20          # consecutive non-finite steps before the run stops
-    show_progress: bool = True
+    show_progress: bool | None = None  # progress bar on stderr (None: only when stderr is a terminal)
     extra: dict = field(default_factory=dict)  # free-form notes recorded with the run
 
     def __post_init__(self) -> None:
         if self.kl_schedule not in KL_SCHEDULES:
-            raise InvalidInputError(f"kl_schedule must be one of {KL_SCHEDULES}, got {self.kl_schedule!r}")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise InvalidInputError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise InvalidInputError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.max_len is not None and self.max_len < 1:
-            raise InvalidInputError(f"max_len must be positive, got {self.max_len!r}")
-        if self.learning_rate <= 0:
-            raise InvalidInputError(f"learning_rate must be positive, got {self.learning_rate!r}")
-        if not 0.0 <= self.word_dropout < 1.0:
-            raise InvalidInputError(f"word_dropout must be in [0, 1), got {self.word_dropout!r}")
-        if self.kl_weight < 0 or self.free_bits < 0:
-            raise InvalidInputError("kl_weight and free_bits must be non-negative")
+            raise ConfigError(f"TrainConfig.kl_schedule must be one of {KL_SCHEDULES}, got {self.kl_schedule!r}",
+                              "kl_schedule")
+        _check_fields(self, _TRAIN_RULES)
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"TrainConfig.extra must be a table, got {self.extra!r}", "extra")
+
+
+_INT = "int"
+_FLOAT = "float"
+# name: (kind, low, high, low_open, high_open, optional)
+_MODEL_RULES: dict[str, _Rule] = {
+    **{name: (_INT, 1, None, False, False, False)
+       for name in ("embedding_dim", "hidden_dim", "encoder_layers", "decoder_hidden_dim", "decoder_layers",
+                    "latent_dim", "property_hidden_dim", "max_len")},
+    "bidirectional": ("bool", None, None, False, False, False),
+    "dropout": (_FLOAT, 0.0, 1.0, False, True, False),
+}
+_TRAIN_RULES: dict[str, _Rule] = {
+    "epochs": (_INT, 1, None, False, False, False),
+    "batch_size": (_INT, 1, None, False, False, False),
+    "learning_rate": (_FLOAT, 0.0, None, True, False, False),
+    # numpy's seeded generators take non-negative seeds only
+    "seed": (_INT, 0, 2**63 - 1, False, False, False),
+    "val_fraction": (_FLOAT, 0.0, 1.0, False, True, False),
+    "max_len": (_INT, 1, None, False, False, True),
+    "largest_fragment": ("bool", None, None, False, False, False),
+    "kl_weight": (_FLOAT, 0.0, None, False, False, False),
+    "kl_warmup_epochs": (_FLOAT, 0.0, None, False, False, False),
+    "kl_cycle_ratio": (_FLOAT, 0.0, 1.0, True, False, False),
+    "free_bits": (_FLOAT, 0.0, None, False, False, False),
+    "word_dropout": (_FLOAT, 0.0, 1.0, False, True, False),
+    # a negative clip norm flips every gradient's sign
+    "grad_clip": (_FLOAT, 0.0, None, True, False, False),
+    "device": ("str", None, None, False, False, False),
+    "amp": ("bool", None, None, False, False, False),
+    "cpu_amp": ("bool", None, None, False, False, True),
+    "compile": ("bool", None, None, False, False, False),
+    "early_stopping": (_INT, 1, None, False, False, True),
+    "checkpoint_every": (_INT, 0, None, False, False, False),
+    "recon_eval_size": (_INT, 0, None, False, False, False),
+    "property_weight": (_FLOAT, 0.0, None, False, False, False),
+    "num_threads": (_INT, 1, None, False, False, True),
+    "max_time_minutes": (_FLOAT, 0.0, None, True, False, True),
+    "max_bad_steps": (_INT, 1, None, False, False, False),
+    "show_progress": ("bool", None, None, False, False, True),
+}
 
 
 def read_json_or_toml(path: str | Path, what: str) -> Any:

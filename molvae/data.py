@@ -25,6 +25,7 @@ import torch
 from . import chem
 from .errors import InvalidInputError
 from .vocab import Vocabulary
+from .workers import available_cpus, resolve_jobs
 
 __all__ = [
     "read_molecules",
@@ -201,6 +202,10 @@ def _read_sdf(path: Path, compressed: bool) -> pd.DataFrame:
                 inputs.append("")
                 names.append("")
                 errors.append(f"SD record {i} could not be read by RDKit (bad atom block, valence or aromaticity)")
+            elif chem.atoms_problem(mol):
+                inputs.append("")
+                names.append(mol.GetProp("_Name") if mol.HasProp("_Name") else "")
+                errors.append(f"SD record {i}: {chem.atoms_problem(mol)}")
             else:
                 inputs.append(Chem.MolToSmiles(mol))
                 names.append(mol.GetProp("_Name") if mol.HasProp("_Name") else "")
@@ -321,25 +326,17 @@ def _process_chunk(args: tuple[list[str], bool]) -> list:
 def process_many(inputs: Sequence[str], keep_largest_fragment: bool = True, n_jobs: int = 1,
                  show_progress: bool = False) -> list:
     """:func:`chem.process_smiles` over many inputs, in input order, in ``n_jobs`` processes."""
+    from tqdm.auto import tqdm
+
+    from .workers import ordered_map
+
     inputs = list(inputs)
-    if n_jobs is None or n_jobs <= 0:
-        n_jobs = os.cpu_count() or 1
-    if n_jobs == 1 or len(inputs) < 2000:
-        from tqdm.auto import tqdm
-
-        return [chem.process_smiles(s, keep_largest_fragment=keep_largest_fragment)
-                for s in tqdm(inputs, desc="preprocess", disable=not show_progress, leave=False)]
-    import multiprocessing as mp
-
+    n_jobs = 1 if len(inputs) < 2000 else resolve_jobs(n_jobs)
     chunk = max(1000, math.ceil(len(inputs) / (n_jobs * 16)))
     pieces = [(inputs[i:i + chunk], keep_largest_fragment) for i in range(0, len(inputs), chunk)]
     out: list = []
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    from tqdm.auto import tqdm
-
-    with ctx.Pool(n_jobs) as pool, tqdm(total=len(inputs), desc="preprocess", disable=not show_progress,
-                                          leave=False) as bar:
-        for res in pool.imap(_process_chunk, pieces):
+    with tqdm(total=len(inputs), desc="preprocess", disable=not show_progress, leave=False) as bar:
+        for res in ordered_map(_process_chunk, pieces, n_jobs, what="cleaning molecules"):
             out.extend(res)
             bar.update(len(res))
     return out
@@ -393,14 +390,19 @@ def _process_compact_chunk(args: tuple[int, list, bool]) -> tuple:
                 reason = _REASON_EMPTY
             else:
                 s = s.strip()
+                reason = chem.size_problem(s)
                 try:
-                    mol = mol_from_smiles(s)
+                    mol = None if reason else mol_from_smiles(s)
                 except Exception:
                     mol = None
-                if mol is None:
+                if reason:
+                    pass
+                elif mol is None:
                     reason = f"{_REASON_PARSE} ({chem.parse_error(s)})"
                 elif mol.GetNumAtoms() == 0:
                     reason = _REASON_NO_ATOMS
+                elif chem.atoms_problem(mol):
+                    reason = chem.atoms_problem(mol)
                 else:
                     # A SMILES without '.' is one connected fragment: skip the fragment search.
                     if "." in s:
@@ -456,8 +458,7 @@ def process_compact(inputs: Sequence[str], keep_largest_fragment: bool = True, n
     Python objects, and the workers send back little to pickle.
     """
     inputs = inputs if isinstance(inputs, list) else list(inputs)
-    if not n_jobs or n_jobs <= 0:
-        n_jobs = _available_cpus()
+    n_jobs = resolve_jobs(n_jobs)
     pieces = [(i, inputs[i:i + chunk_size], keep_largest_fragment) for i in range(0, len(inputs), chunk_size)]
     token_index: dict[str, int] = {}
     oks, smiles, ids, lengths, faileds, reasons = [], [], [], [], [], []
@@ -473,19 +474,12 @@ def process_compact(inputs: Sequence[str], keep_largest_fragment: bool = True, n
         faileds.append(failed)
         reasons.extend(why)
 
-    with tqdm(total=len(inputs), desc="preprocess", disable=not show_progress, leave=False, unit="mol") as bar:
-        if n_jobs == 1 or len(pieces) < 2:
-            for piece in pieces:
-                collect(_process_compact_chunk(piece))
-                bar.update(len(piece[1]))
-        else:
-            import multiprocessing as mp
+    from .workers import ordered_map
 
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(min(n_jobs, len(pieces))) as pool:
-                for piece_len, res in zip((len(p[1]) for p in pieces), pool.imap(_process_compact_chunk, pieces)):
-                    collect(res)
-                    bar.update(piece_len)
+    with tqdm(total=len(inputs), desc="preprocess", disable=not show_progress, leave=False, unit="mol") as bar:
+        for piece, res in zip(pieces, ordered_map(_process_compact_chunk, pieces, n_jobs, what="cleaning molecules")):
+            collect(res)
+            bar.update(len(piece[1]))
     lens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(len(lens) + 1, dtype=np.int64)
     np.cumsum(lens, out=offsets[1:])
@@ -498,10 +492,7 @@ def process_compact(inputs: Sequence[str], keep_largest_fragment: bool = True, n
 
 def _available_cpus() -> int:
     """CPUs this process may run on (respects affinity masks and containers)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return available_cpus()
 
 
 def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int | None = None,

@@ -6,7 +6,7 @@ received and what was expected; the CLI prints it as one line and exits 1.
 
 from __future__ import annotations
 
-__all__ = ["MolvaeError", "InvalidInputError", "VocabularyError", "CheckpointError"]
+__all__ = ["MolvaeError", "InvalidInputError", "VocabularyError", "CheckpointError", "WorkerCrashed", "RunFolderError"]
 
 
 class MolvaeError(Exception):
@@ -23,3 +23,11 @@ class VocabularyError(MolvaeError):
 
 class CheckpointError(MolvaeError):
     """A model file that is missing, corrupt, unsafe or of an unknown format."""
+
+
+class WorkerCrashed(MolvaeError):
+    """A worker process died (a crash in a native library, the out-of-memory killer, a signal)."""
+
+
+class RunFolderError(MolvaeError):
+    """A run folder that already holds a run, or that another process is writing."""

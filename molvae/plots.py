@@ -67,8 +67,10 @@ def _save(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".png", ".svg", ".pdf"):
         raise InvalidInputError(f"plot file {path} must end in .png, .svg or .pdf")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", format=suffix.lstrip("."))
+    from .checkpoint import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix.lstrip("."))
     return path
 
 
@@ -143,12 +145,10 @@ def molecule_grid(smiles: Sequence[str], legends: Sequence[str] | None = None,
     drawer.FinishDrawing()
     out = drawer.GetDrawingText()
     if path is not None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(out, str):
-            p.write_text(out, encoding="utf-8")
-        else:
-            p.write_bytes(out)
+        from .checkpoint import atomic_output
+
+        with atomic_output(path, "w" if isinstance(out, str) else "wb") as f:
+            f.write(out)
     return out
 
 

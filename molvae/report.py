@@ -400,6 +400,8 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             f"<p>SELFIES GRU VAE · latent {model.config.latent_dim} · vocabulary {len(model.vocab)} tokens</p></header>"
             f"<main>{''.join(sections)}<footer>Written by molvae {_esc(__version__)} on {_esc(stamp)}.</footer>"
             f"</main></body></html>\n")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(page, encoding="utf-8")
+    from .checkpoint import atomic_output
+
+    with atomic_output(out_path) as f:
+        f.write(page)
     return out_path

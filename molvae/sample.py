@@ -511,19 +511,22 @@ def save_latents(path: str | os.PathLike, z: np.ndarray, table: pd.DataFrame | N
     suffix = path.suffix.lower()
     if suffix not in LATENT_SUFFIXES:
         raise InvalidInputError(f"latent file {path} must end in {', '.join(LATENT_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .checkpoint import atomic_path
+
     z = np.asarray(z, dtype=np.float32)
-    if suffix == ".npy":
-        np.save(path, z)
-        return path
-    frame = pd.DataFrame(z, columns=latent_columns(z.shape[1]))
-    if table is not None:
-        frame = pd.concat([table.reset_index(drop=True), frame], axis=1)
-    if suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
+    if suffix == ".parquet":
         _require_parquet()
-        frame.to_parquet(path, index=False)
+    with atomic_path(path) as tmp:  # never a truncated file, never an old one half replaced
+        if suffix == ".npy":
+            np.save(tmp, z)
+            return path
+        frame = pd.DataFrame(z, columns=latent_columns(z.shape[1]))
+        if table is not None:
+            frame = pd.concat([table.reset_index(drop=True), frame], axis=1)
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
     return path
 
 

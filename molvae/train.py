@@ -34,10 +34,10 @@ import torch
 
 from . import data as data_mod
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, versions
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, progress_wanted
 from .core import LATEST_POINTER, MolVAE, resolve_device
 from .distributed import DistContext, init_from_env
-from .errors import CheckpointError, InvalidInputError, MolvaeError
+from .errors import CheckpointError, InvalidInputError, MolvaeError, RunFolderError
 from .model import VAE
 
 __all__ = ["train", "TrainResult", "kl_weight_at", "selection_loss", "best_epoch", "evaluate_loss", "reconstruction_accuracy",
@@ -232,21 +232,126 @@ def reconstruction_accuracy(model: MolVAE, smiles: list[str], tokens: data_mod.T
     return hits / len(indices)
 
 
-def _make_run_dir(out_dir: str | os.PathLike | None, runs_dir: str | os.PathLike) -> Path:
+#: Files a run folder holds; ``--overwrite`` removes these (and only these) of the old run.
+RUN_FILES = ("model.pt", "checkpoint.pt", "config.json", "history.csv", "rejected.csv", "training_curves.png",
+             "report.html", "metrics.json")
+LOCK_FILE = ".molvae.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``flock`` on ``.molvae.lock``), so two processes never write
+    one run. The kernel releases it when the process dies, so a killed run leaves no stale lock."""
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        self.path = run / LOCK_FILE
+        self._fh = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks; best effort
+            return self
+        while True:
+            fh = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip()
+                fh.close()
+                raise RunFolderError(
+                    f"{self.run}: another molvae process{f' (pid {holder})' if holder else ''} is writing this run "
+                    "folder; wait for it to finish or train into another --out") from None
+            try:  # the holder before us may have unlinked the file we opened: lock the one on disk
+                same = os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            fh.close()
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        self._fh.close()
+        self._fh = None
+
+
+def _run_contents(run: Path) -> list[str]:
+    """Names in ``run`` other than the lock and temp files of interrupted atomic writes."""
+    try:
+        return sorted(p.name for p in run.iterdir() if p.name != LOCK_FILE and not
+                      (p.name.startswith(".") and p.name.endswith(".tmp")))
+    except OSError:
+        return []
+
+
+def _claim_run_dir(out_dir: str | os.PathLike | None, runs_dir: str | os.PathLike,
+                   overwrite: bool) -> tuple[Path, RunLock, bool]:
+    """Create (or take, with ``overwrite``) the run folder and lock it: ``(run, lock, created)``.
+
+    Raises:
+        RunFolderError: the folder already holds a run (and no ``overwrite``), is a file, or
+            another process holds its lock.
+    """
     if out_dir is not None:
         run = Path(out_dir)
+        if run.exists() and not run.is_dir():
+            raise RunFolderError(f"{run}: exists and is not a folder; expected a run folder for --out")
+        created = not run.exists()
+        run.mkdir(parents=True, exist_ok=True)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run = Path(runs_dir) / stamp
-        k = 1
-        while run.exists():
-            run = Path(runs_dir) / f"{stamp}-{k}"
-            k += 1
-    run.mkdir(parents=True, exist_ok=True)
-    return run
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        k = 0
+        while True:  # mkdir without exist_ok: two runs started in the same second get two folders
+            run = Path(runs_dir) / (stamp if k == 0 else f"{stamp}-{k}")
+            try:
+                run.mkdir()
+                break
+            except FileExistsError:
+                k += 1
+        created = True
+    lock = RunLock(run).acquire()
+    existing = _run_contents(run)
+    if existing and not overwrite:
+        lock.release()
+        shown = ", ".join(existing[:4]) + (", ..." if len(existing) > 4 else "")
+        raise RunFolderError(
+            f"{run}: already holds a run ({shown}); pass --overwrite to replace it, --resume {run} to continue "
+            "it, or choose another --out")
+    return run, lock, created
+
+
+def _clear_old_run(run: Path) -> None:
+    """``--overwrite``: remove the old run's files just before the new run writes its first one, so the
+    folder never mixes two runs (an old model.pt beside a new config.json)."""
+    removed = []
+    for name in RUN_FILES:
+        if (run / name).is_file() or (run / name).is_symlink():
+            (run / name).unlink()
+            removed.append(name)
+    _remove_stale_temp_files(run)
+    if removed:
+        log.info("%s: removed the previous run's %s", run, ", ".join(removed))
+    left = _run_contents(run)
+    if left:
+        log.warning("%s: left untouched files that are not part of a molvae run: %s", run, ", ".join(left[:5]))
 
 
 def _point_latest(run: Path, runs_dir: str | os.PathLike) -> None:
+    """Point ``runs_dir/LATEST`` at ``run`` (when it lies in ``runs_dir``); called once ``run`` holds a model."""
     runs = Path(runs_dir)
     try:
         if run.resolve().parent == runs.resolve():
@@ -284,7 +389,7 @@ def _all_finite(net: torch.nn.Module) -> bool:
 
 def _remove_stale_temp_files(run: Path) -> None:
     """Delete temp files of atomic writes that a killed process left in ``run``."""
-    for name in ("checkpoint.pt", "model.pt", "history.csv", "config.json", "rejected.csv"):
+    for name in RUN_FILES:
         for tmp in run.glob(f".{name}.*.tmp"):
             try:
                 tmp.unlink()
@@ -310,7 +415,8 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
           smiles_column: str | None = None, property_columns: tuple[str, ...] = (),
           runs_dir: str | os.PathLike = "runs", resume: str | os.PathLike | None = None,
           n_jobs: int = 1, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          use_cache: bool = True, resume_changes: dict[str, Any] | None = None) -> TrainResult:
+          use_cache: bool = True, resume_changes: dict[str, Any] | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train a SELFIES VAE and write a run folder.
 
     Args:
@@ -327,71 +433,110 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             e.g. ``{"max_time_minutes": 90, "epochs": 10}`` to extend a run that hit its limit.
         n_jobs: processes for preprocessing (0 = all cores).
         on_epoch: called with each epoch's history row.
+        overwrite: replace the run in an ``out_dir`` that already holds one (its files are removed just
+            before the new run writes its first file). Without it such a folder is refused: a run
+            folder is created fresh, replaced on request, or continued with ``resume``.
         use_cache: reuse/store the preprocessed file in the cache (:mod:`molvae.cache`).
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) this runs DistributedDataParallel
     (see :mod:`molvae.distributed`): each rank trains on its own slice of every epoch's
     batches, rank 0 writes the run folder.
 
+    The run folder is locked while training (``.molvae.lock``): a second process writing it fails
+    at once. ``runs_dir/LATEST`` moves to a new run only once it holds a ``model.pt``.
+
     Raises:
         InvalidInputError: no molecule survives cleaning, or bad settings.
+        RunFolderError: ``out_dir`` already holds a run (without ``overwrite``), or another process
+            is writing it.
         TrainingInterrupted: Ctrl-C/SIGTERM (a checkpoint was written first).
         TrainingDiverged: ``max_bad_steps`` consecutive non-finite steps.
     """
-    state: dict[str, Any] | None = None
-    if resume is not None:
-        run = Path(resume)
-        ckpt_path = run / "checkpoint.pt"
-        if not ckpt_path.is_file():
-            raise CheckpointError(f"{run}: no checkpoint.pt to resume from")
-        state = load_checkpoint(ckpt_path)
-        if not isinstance(state.get("training_state"), dict):
-            raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
-        # Validates config, vocabulary and every weight's shape and finiteness before use.
-        MolVAE.from_payload(state, ckpt_path)
-        try:
-            model_config = ModelConfig.from_dict(dict(state["model_config"]))
-            train_config = TrainConfig.from_dict(dict(state["train_config"]))
-        except Exception as exc:
-            raise CheckpointError(f"{ckpt_path}: invalid stored configuration ({exc})") from None
-        if resume_changes:
-            bad = sorted(set(resume_changes) - set(RESUME_CHANGEABLE))
-            if bad:
-                raise InvalidInputError(
-                    f"cannot change {', '.join(bad)} when resuming (the run keeps what it learns with); "
-                    f"changeable: {', '.join(RESUME_CHANGEABLE)}")
-            train_config = train_config.replace(**resume_changes)
-            state["train_config"] = train_config.to_dict()
-        ts = state["training_state"]
-        _remove_stale_temp_files(run)
-        if data is None:
-            data = ts.get("data_path")
-            if not data or not Path(data).exists():
-                raise InvalidInputError(f"{run}: the training data {data!r} is gone; pass it again to resume")
-        smiles_column = ts.get("smiles_column", smiles_column)
-        property_columns = tuple(ts.get("property_columns") or property_columns)
-    else:
-        run = None
+    if resume is not None and overwrite:
+        raise InvalidInputError("--resume continues a run and --overwrite replaces one; give only one of them")
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
-    tc = train_config
-    if data is None:
-        raise InvalidInputError("no training data given")
-
-    _seed_everything(tc.seed)
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    dist = init_from_env(tc.device)
+    lock: RunLock | None = None
+    claimed: tuple[Path, bool] | None = None
+    dist = None
     try:
+        if resume is not None:
+            # Under torchrun rank 0 alone writes (and locks) the folder.
+            if Path(resume).is_dir() and os.environ.get("RANK", "0") == "0":
+                lock = RunLock(Path(resume)).acquire()
+            data, run, state, model_config, train_config, smiles_column, property_columns = _resume_state(
+                resume, data, smiles_column, property_columns, resume_changes)
+        else:
+            run, state = None, None
+        tc = train_config
+        if data is None:
+            raise InvalidInputError("no training data given")
+        _seed_everything(tc.seed)
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        dist = init_from_env(tc.device)
+        if run is None and dist.is_main:
+            run, lock, created = _claim_run_dir(out_dir, runs_dir, overwrite)
+            claimed = (run, created)
         return _train(data, out_dir, run, state, model_config, tc, smiles_column, property_columns, runs_dir,
-                      n_jobs, on_epoch, use_cache, dist)
+                      n_jobs, on_epoch, use_cache, dist, overwrite=overwrite)
+    except BaseException:
+        if claimed is not None and claimed[1] and not _run_contents(claimed[0]):
+            # The folder this call created got nothing (bad data, an early error): leave no trace.
+            lock.release()
+            lock = None
+            try:
+                claimed[0].rmdir()
+            except OSError:
+                pass
+        raise
     finally:
-        dist.close()
+        if lock is not None:
+            lock.release()
+        if dist is not None:
+            dist.close()
+
+
+def _resume_state(resume, data, smiles_column, property_columns, resume_changes):
+    """Load a run's checkpoint and stored settings for ``train(resume=...)``."""
+    run = Path(resume)
+    ckpt_path = run / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"{run}: no checkpoint.pt to resume from")
+    state = load_checkpoint(ckpt_path)
+    if not isinstance(state.get("training_state"), dict):
+        raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
+    # Validates config, vocabulary and every weight's shape and finiteness before use.
+    MolVAE.from_payload(state, ckpt_path)
+    try:
+        model_config = ModelConfig.from_dict(dict(state["model_config"]))
+        train_config = TrainConfig.from_dict(dict(state["train_config"]))
+    except Exception as exc:
+        raise CheckpointError(f"{ckpt_path}: invalid stored configuration ({exc})") from None
+    if resume_changes:
+        bad = sorted(set(resume_changes) - set(RESUME_CHANGEABLE))
+        if bad:
+            raise InvalidInputError(
+                f"cannot change {', '.join(bad)} when resuming (the run keeps what it learns with); "
+                f"changeable: {', '.join(RESUME_CHANGEABLE)}")
+        train_config = train_config.replace(**resume_changes)
+        state["train_config"] = train_config.to_dict()
+    ts = state["training_state"]
+    _remove_stale_temp_files(run)
+    if data is None:
+        data = ts.get("data_path")
+        if not data or not Path(data).exists():
+            raise InvalidInputError(f"{run}: the training data {data!r} is gone; pass it again to resume")
+    smiles_column = ts.get("smiles_column", smiles_column)
+    property_columns = tuple(ts.get("property_columns") or property_columns)
+    return data, run, state, model_config, train_config, smiles_column, property_columns
 
 
 def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig, smiles_column,
-           property_columns, runs_dir, n_jobs, on_epoch, use_cache: bool, dist: DistContext) -> TrainResult:
-    ckpt_path = run / "checkpoint.pt" if run is not None else None
+           property_columns, runs_dir, n_jobs, on_epoch, use_cache: bool, dist: DistContext,
+           overwrite: bool = False) -> TrainResult:
+    ckpt_path = run / "checkpoint.pt" if run is not None and state is not None else None
+    show_bar = progress_wanted(tc.show_progress)
 
     # ---------------------------------------------------------------- data
     data_path = None
@@ -416,14 +561,14 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
                 dist.barrier()  # rank 0 preprocesses and fills the cache; the others then load it
             prepared = prepare_file(data, smiles_column=smiles_column, largest_fragment=tc.largest_fragment,
                                     max_len=tc.max_len, property_columns=property_columns, n_jobs=n_jobs,
-                                    show_progress=tc.show_progress and dist.is_main, use_cache=use_cache)
+                                    show_progress=show_bar and dist.is_main, use_cache=use_cache)
             if dist.enabled and dist.is_main and use_cache:
                 dist.barrier()
             source_hash = prepared.source_hash
         if table is not None:
             prepared = data_mod.prepare(table, largest_fragment=tc.largest_fragment, max_len=tc.max_len,
                                         property_columns=property_columns, n_jobs=n_jobs,
-                                        show_progress=tc.show_progress)
+                                        show_progress=show_bar)
             prepared.source_hash = source_hash
     if len(prepared) == 0:
         rej = prepared.rejected
@@ -459,9 +604,10 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
         property_stats = None
 
     # ---------------------------------------------------------------- run folder
-    if run is None:
-        run = _make_run_dir(out_dir, runs_dir) if dist.is_main else None
-        run = dist.broadcast_object(run)
+    if state is None:
+        run = dist.broadcast_object(run if dist.is_main else None)  # claimed (and locked) by train()
+        if dist.is_main and overwrite:
+            _clear_old_run(run)
     if dist.is_main and not (state is not None and (run / "rejected.csv").exists()):
         # Atomic like every file of the run: a kill mid-write must not leave a truncated list
         # that a resume would then keep.
@@ -530,7 +676,6 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
     text = json.dumps(config_record, indent=2)
     if dist.is_main:
         atomic_write(run / "config.json", lambda f: f.write(text.encode()))
-        _point_latest(run, runs_dir)
     if dist.enabled:
         # Different noise on every rank (the weights start equal: DDP broadcasts rank 0's).
         torch.manual_seed((tc.seed + 1_000_003 * global_step + 7919 * dist.rank) % (2**63))
@@ -584,6 +729,7 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
     t_start = time.perf_counter()
     elapsed_before = float(history[-1]["elapsed_s"]) if history else 0.0
     consecutive_bad = resumed_bad
+    pointed = False
     stopped_early = False
     time_up = False
     net.train()
@@ -602,7 +748,7 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
             loss_acc_t = torch.zeros((), device=device)
             n_acc = 0
             bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                       disable=not (tc.show_progress and dist.is_main), leave=False, dynamic_ncols=True)
+                       disable=not (show_bar and dist.is_main), leave=False, dynamic_ncols=True)
             beta = kl_weight_at(tc, epoch + first / len(batches))
             if first and resumed_sums is not None:
                 recon_acc_t = resumed_sums["recon"].to(device)
@@ -666,7 +812,7 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
                         sums["prop"] += float(ploss.detach()) * n
                 global_step += 1
                 bar.update(1)
-                if tc.show_progress and bi % 20 == 0 and n_acc:
+                if show_bar and bi % 20 == 0 and n_acc:
                     bar.set_postfix(recon=f"{float(recon_acc_t) / n_acc:.2f}",
                                     kl=f"{float(kl_acc_t) / n_acc:.2f}", beta=f"{beta:.3f}")
                 if tc.checkpoint_every and global_step % tc.checkpoint_every == 0:
@@ -733,6 +879,9 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
                 model.train_config, model.history, model.metadata = tc, history, metadata
                 if dist.is_main:
                     model.save(run / "model.pt")
+                    if not pointed:  # LATEST names runs that hold a model, only
+                        _point_latest(run, runs_dir)
+                        pointed = True
             else:
                 bad_epochs += 1
             if dist.is_main:
@@ -765,6 +914,8 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
         # Record the full history in the best model as well, so the file alone tells the story.
         best.history, best.metadata = history, {**best.metadata, **metadata}
         best.save(run / "model.pt")
+        if not pointed:
+            _point_latest(run, runs_dir)
         _write_history(run, history)
         _plot_curves(run, history)
     dist.barrier()

@@ -234,6 +234,12 @@ def _assert_rows_valid(rows: list[list[str]]) -> None:
         assert len(row) == 3 and row[2] in ("True", "False") and row[1].startswith("["), row
 
 
+def _partial_output(out: Path) -> Path | None:
+    """The file generate is writing: a temporary file beside ``out`` that replaces it at the end."""
+    found = sorted(out.parent.glob(f".{out.stem}.*.tmp{out.suffix}"))
+    return found[0] if found else (out if out.exists() else None)
+
+
 def _start_generation(model: Path, out: Path) -> subprocess.Popen:
     env = _env()
     env["OMP_NUM_THREADS"] = "1"
@@ -241,7 +247,7 @@ def _start_generation(model: Path, out: Path) -> subprocess.Popen:
                                  "--batch-size", "200", "--seed", "0", "--device", "cpu", "--no-progress"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
-    while not (out.exists() and out.stat().st_size > 20_000):
+    while not (_partial_output(out) and _partial_output(out).stat().st_size > 20_000):
         if proc.poll() is not None:
             raise AssertionError(f"generate ended early (rc {proc.returncode}): {proc.communicate()[1]}")
         assert time.monotonic() - t0 < 240, "no output within 240 s"
@@ -272,7 +278,10 @@ def test_sigkill_during_generation_leaves_valid_complete_lines(tmp_path, tiny_ru
     proc = _start_generation(tiny_run.run_dir / "model.pt", out)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    rows, _ = _complete_rows(out)
+    # --out itself is never half-written: the rows so far are complete lines in the temporary file
+    assert not out.exists()
+    partial = _partial_output(out)
+    rows, _ = _complete_rows(partial)
     _assert_rows_valid(rows)
     assert len(rows) > 1
 

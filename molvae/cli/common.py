@@ -85,8 +85,8 @@ def non_negative_int(ctx, param, value):
 
 
 def positive_float(ctx, param, value):
-    if value is not None and not value > 0:
-        raise click.BadParameter(f"must be > 0, got {value}")
+    if value is not None and not 0 < value < float("inf"):
+        raise click.BadParameter(f"must be a finite number > 0, got {value}")
     return value
 
 

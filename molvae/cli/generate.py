@@ -56,7 +56,7 @@ def _output_file(ctx, param, value):
               help="Also draw the first 50 valid molecules, with their QED, as a grid image (.png or .svg).")
 @device_option
 @threads_option
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [on for N > 5000].")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
 def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_size, unique, novel_vs, properties, grid,
                  device, progress):
     """Sample N molecules from the model's prior and decode them to canonical SMILES.
@@ -90,29 +90,28 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
         if suffix not in (".csv", ".smi", ".txt"):
             raise click.BadParameter(f"output {out_path} must end in .csv, .smi or .txt", param_hint="--out")
         fmt = "csv" if suffix == ".csv" else "smi"
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(out_path, "w", newline="", encoding="utf-8") if out_path else sys.stdout
     as_csv = out_path is not None and fmt == "csv"
     if properties and not as_csv:
-        if out_path:
-            handle.close()
         raise click.BadParameter("property columns go into a CSV: use --out FILE.csv", param_hint="--properties")
+    from ..checkpoint import atomic_output
+    from ..config import progress_wanted
     from ..sample import PROPERTY_COLUMNS
 
     grid_smiles: list[str] = []
-    if as_csv:
-        handle.write(",".join(("smiles", "selfies", "valid") + (PROPERTY_COLUMNS if properties else ())) + "\r\n")
     seen: set[str] = set()
     written = draws = 0
-    show = progress if progress is not None else n > 5000
+    show = progress_wanted(progress)
     bar = tqdm(total=n, desc="generate", unit="mol", disable=not show, file=sys.stderr)
     # Each batch is formatted first and written with one call, and Ctrl-C is acted on only between
     # batches: the file holds complete rows at every moment a clean exit can happen.
     with contextlib.ExitStack() as stack:
         interrupt = stack.enter_context(stop_on_interrupt())
         stack.callback(bar.close)
-        if out_path:
-            stack.callback(handle.close)
+        # A temporary file that replaces --out when the loop ends (also after Ctrl-C, with the complete
+        # rows so far); an error leaves an existing --out untouched.
+        handle = stack.enter_context(atomic_output(out_path, newline="")) if out_path else sys.stdout
+        if as_csv:
+            handle.write(",".join(("smiles", "selfies", "valid") + (PROPERTY_COLUMNS if properties else ())) + "\r\n")
         while written < n and draws < max_draws and not interrupt["stop"]:
             want = min(batch_size, max_draws - draws) if filtering else n - written
             for chunk in model.iter_samples(want, temperature=temperature, greedy=greedy,

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import main
+from ..checkpoint import atomic_output
 from ..errors import InvalidInputError
 from .common import device_option, load_model, model_option, positive_float, positive_int, threads_option
 
@@ -45,8 +46,8 @@ def write_table(df: pd.DataFrame, out: str | None, *, properties: bool = False, 
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv"):
         raise click.BadParameter(f"output {path} must end in .csv or .tsv", param_hint="--out")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False, sep="\t" if suffix == ".tsv" else ",", float_format="%.6g")
+    with atomic_output(path, newline="") as f:
+        df.to_csv(f, index=False, sep="\t" if suffix == ".tsv" else ",", float_format="%.6g")
     click.echo(f"wrote {len(df)} {what} to {path}", err=True)
 
 
@@ -64,9 +65,8 @@ def report_rejects(table: pd.DataFrame, reasons, rejected_out: str | None = None
     """Say on stderr which rows could not be encoded (first few), optionally all of them as CSV."""
     bad = [(int(r), s, why) for r, s, why in zip(table["row"], table["input"], reasons) if why]
     if rejected_out:
-        path = Path(rejected_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(bad, columns=["row", "input", "reason"]).to_csv(path, index=False)
+        with atomic_output(rejected_out, newline="") as f:
+            pd.DataFrame(bad, columns=["row", "input", "reason"]).to_csv(f, index=False)
     if not bad:
         return
     shown = "; ".join(f"row {r}: {why}" for r, _, why in bad[:3])

@@ -149,8 +149,10 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
     if out:
         click.echo(f"log: {out}", err=True)
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(res.summary(), indent=2, default=float) + "\n", encoding="utf-8")
+        from ..checkpoint import atomic_output
+
+        with atomic_output(json_out) as f:
+            f.write(json.dumps(res.summary(), indent=2, default=float) + "\n")
     constrained = res.start_smiles is not None
     header = ["rank", "smiles", "score"] + (["similarity", "improvement"] if constrained else [])
     click.echo(",".join(header))
@@ -193,8 +195,10 @@ def predict_cmd(input_file, model_spec, smiles_column, out, batch_size, device):
     pred.insert(0, "row", table["row"].values)
     n_bad = int((pred["reason"] != "").sum())
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        pred.to_csv(out, index=False, float_format="%.6g")
+        from ..checkpoint import atomic_output
+
+        with atomic_output(out, newline="") as f:
+            pred.to_csv(f, index=False, float_format="%.6g")
         click.echo(f"wrote {len(pred)} rows to {out}", err=True)
     else:
         pred.to_csv(sys.stdout, index=False, float_format="%.6g")

@@ -59,7 +59,10 @@ def plot_latent_cmd(model_spec, input_, color_by, method, out, coords, max_molec
     elif isinstance(colour, str):
         placed = placed.rename(columns={"color": colour})
     if coords:
-        placed.to_csv(coords, index=False)
+        from ..checkpoint import atomic_output
+
+        with atomic_output(coords, newline="") as f:
+            placed.to_csv(f, index=False)
     click.echo(f"placed {len(placed)} of {len(table)} molecules; wrote {out}", err=True)
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import multiprocessing as mp
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,12 +44,13 @@ PROPERTY_NAMES = ("logP", "SA", "QED", "weight")
 
 
 def _parse(smiles: str) -> Chem.Mol | None:
-    if not isinstance(smiles, str) or not smiles:
-        return None
+    if not isinstance(smiles, str) or not smiles or chem.size_problem(smiles):
+        return None  # too large counts as invalid: RDKit can crash on it (see chem.MAX_SMILES_LENGTH)
     try:
-        return Chem.MolFromSmiles(smiles)
+        mol = Chem.MolFromSmiles(smiles)
     except Exception:  # a few malformed inputs raise instead of returning None
         return None
+    return None if mol is not None and chem.atoms_problem(mol) else mol
 
 
 def _canonical(smiles: str) -> str | None:
@@ -165,13 +164,10 @@ def describe_chunk(args: tuple[Sequence[str], bool]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- workers
 
 def resolve_n_jobs(n_jobs: int | None) -> int:
-    """``None`` or ``<= 0`` -> every core this process may use."""
-    if n_jobs is not None and n_jobs > 0:
-        return int(n_jobs)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """``None`` or ``<= 0`` -> every core this process may use; more than that is capped at it."""
+    from ..workers import resolve_jobs
+
+    return resolve_jobs(n_jobs)
 
 
 class Workers:
@@ -194,8 +190,7 @@ class Workers:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def start(self) -> Workers:
@@ -207,10 +202,10 @@ class Workers:
     def _get_pool(self):
         if self._pool is None:
             # Fork shares the compiled filter patterns and imported RDKit with the workers.
-            methods = mp.get_all_start_methods()
-            ctx = mp.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+            from ..workers import process_pool
+
             load_filters()
-            self._pool = ctx.Pool(self.n_jobs)
+            self._pool = process_pool(self.n_jobs)
         return self._pool
 
     def map(self, func: Callable[[Any], Any], items: Sequence[Any], *, desc: str, chunk_size: int | None = None,
@@ -235,8 +230,16 @@ class Workers:
         out: list[Any] = []
         with tqdm(total=total, desc=desc, unit="mol", disable=not self.progress or progress is not None,
                   leave=False, file=sys.stderr) as bar:
-            results = self._get_pool().imap(func, args) if parallel else map(func, args)
-            for chunk, res in zip(chunks, results):
-                out.append(res)
-                (progress or bar.update)(weight(chunk))
+            from concurrent.futures.process import BrokenProcessPool
+
+            from ..workers import crashed
+
+            results = self._get_pool().map(func, args) if parallel else map(func, args)
+            try:
+                for chunk, res in zip(chunks, results):
+                    out.append(res)
+                    (progress or bar.update)(weight(chunk))
+            except BrokenProcessPool:
+                self._pool = None
+                raise crashed(f"computing {desc}") from None
         return out

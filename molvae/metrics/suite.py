@@ -168,10 +168,12 @@ class Evaluation:
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dict` as JSON (NaN written as null)."""
+        from ..checkpoint import atomic_output
+
         path = Path(path)
-        if path.parent != Path(""):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        with atomic_output(path) as f:
+            f.write(text)
         return path
 
     def format_table(self) -> str:

@@ -79,9 +79,15 @@ class Oracle:
         self._log_file = None
         self._writer = None
         if log_path is not None:
+            # The log grows in a temporary file beside ``log_path`` and replaces it at close(): an
+            # existing log is never truncated by a search that then fails before scoring anything.
+            import tempfile
+
             path = Path(log_path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(path, "w", newline="", encoding="utf-8")
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+            self._log_path, self._log_tmp = path, Path(tmp)
+            self._log_file = open(fd, "w", newline="", encoding="utf-8")
             self._writer = csv.DictWriter(self._log_file, fieldnames=LOG_COLUMNS)
             self._writer.writeheader()
 
@@ -206,6 +212,18 @@ class Oracle:
         return df.sort_values(["score", "step"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
     def close(self) -> None:
+        """Close the log; it replaces ``log_path`` when it holds at least one molecule (a partial log
+        of an interrupted search is kept), else the temporary file is removed."""
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+            import os
+
+            try:
+                if self.rows:
+                    os.chmod(self._log_tmp, 0o644)
+                    os.replace(self._log_tmp, self._log_path)
+                else:
+                    self._log_tmp.unlink()
+            except OSError:
+                pass

@@ -1,0 +1,79 @@
+"""The one worker pool: processes that keep the input order and fail loudly when one dies.
+
+``multiprocessing.Pool`` replaces a worker that dies (a segfault in a native library, the
+out-of-memory killer) and waits forever for the task it held; ``concurrent.futures``
+marks the pool broken instead, which is turned here into :class:`WorkerCrashed`, a
+one-line error.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .errors import WorkerCrashed
+
+__all__ = ["available_cpus", "resolve_jobs", "process_pool", "ordered_map", "crashed"]
+
+log = logging.getLogger(__name__)
+_warned: set[int] = set()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_jobs(n_jobs: int | None) -> int:
+    """``None`` or ``<= 0``: every available core; more than that is capped at it (with a warning),
+    since extra processes on the same cores only cost memory and switching."""
+    cpus = available_cpus()
+    if n_jobs is None or n_jobs <= 0:
+        return cpus
+    if n_jobs > cpus:
+        if n_jobs not in _warned:
+            _warned.add(n_jobs)
+            log.warning("%d worker processes asked for, %d CPU cores available: using %d", n_jobs, cpus, cpus)
+        return cpus
+    return int(n_jobs)
+
+
+def process_pool(n_jobs: int) -> ProcessPoolExecutor:
+    """A pool of ``n_jobs`` processes (fork where there is fork, so workers share what is imported)."""
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+    return ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx)
+
+
+def crashed(what: str) -> WorkerCrashed:
+    """The error for a pool whose worker died while doing ``what``."""
+    return WorkerCrashed(
+        f"a worker process died while {what} (a crash in RDKit on an extreme input, or the out-of-memory "
+        "killer); nothing was written. Look for unusually large molecules in the input, or retry with fewer "
+        "--n-jobs")
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], n_jobs: int, *, what: str) -> Iterator[Any]:
+    """``fn`` over ``items`` in ``n_jobs`` processes (in this process for one job), results in input order.
+
+    Raises:
+        WorkerCrashed: a worker process died; the error says while doing ``what``.
+    """
+    n = min(resolve_jobs(n_jobs), len(items))
+    if n <= 1:
+        yield from map(fn, items)
+        return
+    with process_pool(n) as pool:
+        try:
+            yield from pool.map(fn, items)
+        except BrokenProcessPool:
+            raise crashed(what) from None
