@@ -578,6 +578,14 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
             f"{prepared.n_input} rows read, {len(rej)} rejected (first: {first}); expected SMILES of molecules")
     log.info("%d molecules read, %d kept, %d rejected (%d duplicates)", prepared.n_input, len(prepared),
              len(prepared.rejected), prepared.n_duplicates)
+    if len(prepared) < 2:
+        # One molecule cannot be split into training and validation: the run would train on it alone and
+        # report a validation loss of NaN for every epoch.
+        raise InvalidInputError(
+            f"{data if data_path else 'the training table'}: only {len(prepared)} distinct molecule remains after "
+            f"cleaning ({prepared.n_input} rows read, {prepared.n_duplicates} duplicates, "
+            f"{len(prepared.rejected) - prepared.n_duplicates} other rejects); training needs at least 2 "
+            "(one to train on, one to validate)")
 
     if state is not None:
         vocab_saved = state["vocab"]
@@ -590,6 +598,13 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
         model_config = model_config.replace(max_len=max(cap, longest + 1),
                                             property_names=tuple(property_columns) or model_config.property_names)
     train_idx, val_idx = data_mod.split_indices(len(prepared), tc.val_fraction, tc.seed)
+    if tc.val_fraction > 0 and len(val_idx) == 0:
+        log.warning("only %d molecules: the validation split (val_fraction %g) is empty, so there is no "
+                    "validation loss and model.pt is chosen by the training loss; use more molecules or a larger "
+                    "--val-fraction", len(prepared), tc.val_fraction)
+    elif 0 < len(val_idx) < 20:
+        log.warning("only %d validation molecules: the validation loss that picks model.pt is noisy",
+                    len(val_idx))
     prop_array = None
     if prepared.properties is not None and len(prepared.properties.columns):
         prop_array = prepared.properties.to_numpy(dtype=np.float32)
