@@ -11,7 +11,9 @@ Everything after ``--`` goes to ``molvae train`` unchanged. What a row does:
 1. a seeded subset of ``--n-train`` molecules of ``--train`` (the same file for every row with the
    same seed) is trained on with ``molvae train --max-time MINUTES --threads THREADS --val-fraction 0.02``
    into ``--runs-dir/NAME`` (skipped when that folder already holds a model and ``--eval-only`` is given);
-2. ``--n-samples`` molecules are sampled (seed 0) from each prior in ``--priors`` and evaluated with
+2. a ``--fit-prior``-component Gaussian mixture prior is fitted to ``--n-fit`` training molecules'
+   latent codes (:func:`molvae.sample.fit_prior`), then ``--n-samples`` molecules are sampled (seed 0)
+   from N(0, I) and from it and evaluated with
    :func:`molvae.metrics.evaluate` against a seeded subset of ``--n-test`` molecules of ``--test``
    (FCD/Test, Filters, SNN/Test, Frag/Test, Scaf/Test, IntDiv, uniqueness, novelty against the training
    subset);
@@ -89,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--priors", default="auto", help="comma-separated priors to sample (see molvae generate --prior)")
+    ap.add_argument("--priors", default="auto", help="comma-separated priors to sample (auto: all the model has)")
+    ap.add_argument("--fit-prior", type=int, default=32, metavar="K",
+                    help="fit a K-component mixture prior (molvae prior) on the training subset first (0: no)")
+    ap.add_argument("--n-fit", type=int, default=20000, help="training molecules the mixture is fitted to")
     ap.add_argument("--runs-dir", default="runs/sweep14")
     ap.add_argument("--eval-only", action="store_true", help="evaluate an existing run folder")
     ap.add_argument("--out", help="write the JSON record here too")
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from molvae import MolVAE
     from molvae.metrics import evaluate
     from molvae.metrics.model_metrics import model_metrics
-    from molvae.sample import perturbation_quality
+    from molvae.sample import fit_prior, perturbation_quality
 
     model = MolVAE.load(run / "model.pt")
     record["kl_weight"] = model.train_config.kl_weight
@@ -136,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     smooth = perturbation_quality(model, test_smiles[:200], scales=(0.5, 1.0, 2.0), seed=args.seed)
     record["smoothness"] = smooth
     record["smoothness_s"] = time.perf_counter() - t0
+    if args.fit_prior:
+        t0 = time.perf_counter()
+        train_smiles = pd.read_csv(train_csv).iloc[:, 0].tolist()
+        prior = fit_prior(model, train_smiles, n_components=args.fit_prior, n_fit=args.n_fit, seed=args.seed)
+        record["prior_fit"] = {**prior.info, "seconds": time.perf_counter() - t0}
     keep = ("valid", "unique@1000", "Novelty", "IntDiv", "Filters", "FCD/Test", "SNN/Test", "Frag/Test",
             "Scaf/Test", "SA", "logP", "QED", "weight")
     record["priors"] = {}

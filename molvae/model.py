@@ -226,6 +226,34 @@ class VAE(nn.Module):
                          n_tokens=int(lengths.sum()), n_correct=n_correct, properties=props)
 
     # ------------------------------------------------------------------ generation
+    def _step_weights(self, z: torch.Tensor) -> list[tuple[torch.Tensor | None, ...]]:
+        """Per decoder layer, what one GRU step needs, with everything that does not change between
+        steps computed once: for the first layer, the input projection of every token (a ``(vocab, 3H)``
+        table: the input is a token's embedding, so its product with ``W_ih`` is a row lookup) and of z."""
+        rnn, E = self.decoder_rnn, self.config.embedding_dim
+        out = []
+        for layer in range(self.config.decoder_layers):
+            w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+            b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+            if layer == 0:
+                table = torch.addmm(b_ih, self.embedding.weight, w_ih[:, :E].t())
+                from_z = z @ w_ih[:, E:].t()
+                out.append((table, from_z, None, None, w_hh.t(), b_hh))
+            else:
+                out.append((None, None, w_ih.t(), b_ih, w_hh.t(), b_hh))
+        return out
+
+    @staticmethod
+    def _gru_cell(gi: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+        """One GRU step given the input projection ``gi`` (PyTorch's gate order r, z, n)."""
+        gh = torch.addmm(b_hh, h, w_hh_t)
+        i_r, i_z, i_n = gi.chunk(3, 1)
+        h_r, h_z, h_n = gh.chunk(3, 1)
+        r = torch.sigmoid(i_r + h_r)
+        u = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return n + u * (h - n)
+
     @torch.no_grad()
     def generate(self, z: torch.Tensor, max_len: int, *, temperature: float = 1.0, greedy: bool = False,
                  generator: torch.Generator | None = None, atom_tokens: torch.Tensor | None = None
@@ -236,39 +264,55 @@ class VAE(nn.Module):
         tokens was emitted: a SELFIES string of only branch/ring tokens decodes to an
         empty molecule, so this keeps every sample a real molecule.
 
+        The GRU runs one step at a time from its weights (the same function as ``decoder_rnn``,
+        checked in the tests): token and z input projections are computed once, and rows that
+        emitted ``<eos>`` leave the batch, so the cost follows the molecules' real lengths rather
+        than ``max_len``. Sampling draws one uniform number per row and step (inverse CDF), so
+        a row's tokens do not depend on when other rows finish.
+
         Returns:
             One list of token ids per row, without ``<eos>``, at most ``max_len`` long.
         """
         B = z.shape[0]
         device = z.device
-        h = self.initial_hidden(z)
+        layers = self._step_weights(z)
+        h = list(self.initial_hidden(z).unbind(0))
+        from_z = layers[0][1]
         token = torch.full((B,), self.bos_id, dtype=torch.long, device=device)
         out = torch.full((B, max_len), self.pad_id, dtype=torch.long, device=device)
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        rows = torch.arange(B, device=device)          # original row of each active row
         has_atom = torch.zeros(B, dtype=torch.bool, device=device) if atom_tokens is not None else None
-        zin = z.unsqueeze(1)
+        atoms = atom_tokens.to(device) if atom_tokens is not None else None
+        forbidden = self.forbidden
         for t in range(max_len):
-            x = torch.cat([self.embedding(token).unsqueeze(1), zin], dim=-1)
-            y, h = self.decoder_rnn(x, h)
-            logits = self.output(y[:, 0]).float().masked_fill(self.forbidden, -math.inf)
+            u = None if greedy else torch.rand(B, generator=generator, device=device)
+            x = layers[0][0].index_select(0, token) + from_z
+            for i, (_, _, w_ih_t, b_ih, w_hh_t, b_hh) in enumerate(layers):
+                gi = x if i == 0 else torch.addmm(b_ih, h[i - 1], w_ih_t)
+                h[i] = self._gru_cell(gi, h[i], w_hh_t, b_hh)
+            logits = self.output(h[-1]).float().masked_fill(forbidden, -math.inf)
             if has_atom is not None and t < max_len - 1:
                 logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(~has_atom, -math.inf)
             if greedy:
                 token = logits.argmax(-1)
             else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            token = token.masked_fill(finished, self.eos_id)
-            out[:, t] = token
+                cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
+                draw = u.index_select(0, rows).unsqueeze(1) * cdf[:, -1:]
+                token = torch.searchsorted(cdf, draw).squeeze(1).clamp_(max=logits.shape[1] - 1)
+            out[rows, t] = token
             if has_atom is not None:
-                has_atom |= atom_tokens.to(device)[token]
-            finished |= token == self.eos_id
-            # One host sync every 8 steps is enough to stop early without stalling the GPU each step.
-            if t % 8 == 7 and bool(finished.all()):
-                break
-        rows = out.cpu().tolist()
+                has_atom |= atoms[token]
+            alive = token != self.eos_id
+            if not bool(alive.all()):
+                if not bool(alive.any()):
+                    break
+                keep = alive.nonzero().squeeze(1)
+                rows, token, from_z = rows[keep], token[keep], from_z[keep]
+                h = [x.index_select(0, keep) for x in h]
+                if has_atom is not None:
+                    has_atom = has_atom[keep]
         result = []
-        for row in rows:
+        for row in out.cpu().tolist():
             try:
                 row = row[: row.index(self.eos_id)]
             except ValueError:

@@ -27,6 +27,10 @@ def _read_reference(path: str) -> set[str]:
     return out
 
 
+#: From this many molecules `generate` samples in worker processes by default (each takes ~2 s to start).
+PARALLEL_FROM = 20_000
+
+
 def _output_file(ctx, param, value):
     """--out must be .csv, .smi or .txt: checked before the model is loaded or any file is touched."""
     if value is not None and Path(value).suffix.lower() not in (".csv", ".smi", ".txt"):
@@ -47,18 +51,22 @@ def _output_file(ctx, param, value):
               help="Where z comes from: 'normal' (N(0, I)) or a prior fitted with `molvae prior` "
                    "(e.g. 'gmm'); default: the model's default prior, named on stderr.")
 @click.option("--seed", type=int, default=None, help="Random seed (same seed, same molecules).")
-@click.option("--batch-size", type=int, default=1000, show_default=True, callback=positive_int)
+@click.option("--batch-size", type=int, default=1000, show_default=True, callback=positive_int,
+              help="Molecules decoded per step (memory and speed; the molecules depend on it with --seed).")
 @click.option("--unique", is_flag=True, help="Sample until N distinct molecules (capped at 50×N draws).")
 @click.option("--novel-vs", type=click.Path(dir_okay=False, exists=True),
               help="Keep only molecules absent from this file (e.g. the training set).")
 @click.option("--properties", is_flag=True, help="Add QED, logP, SA, MW and heavy-atom columns (CSV output).")
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw the first 50 valid molecules, with their QED, as a grid image (.png or .svg).")
+@click.option("--n-jobs", "-j", type=int, default=None,
+              help="Sampling processes on the CPU, one torch thread each (0 = all cores) "
+                   f"[all cores from N = {PARALLEL_FROM:,}, else 1]; the molecules do not depend on it.")
 @device_option
 @threads_option
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
 def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_size, unique, novel_vs, properties, grid,
-                 device, progress):
+                 n_jobs, device, progress):
     """Sample N molecules from the model's prior and decode them to canonical SMILES.
 
     The prior is N(0, I) unless the model carries a fitted one (`molvae prior`) chosen as its
@@ -78,6 +86,9 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
     if grid and Path(grid).suffix.lower() not in (".png", ".svg"):
         raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
     model = load_model(model_spec, device)
+    if n_jobs is not None and n_jobs < 0:
+        raise click.BadParameter(f"must be >= 0, got {n_jobs}", param_hint="--n-jobs")
+    jobs = n_jobs if n_jobs is not None else (0 if n >= PARALLEL_FROM else 1)
     prior_name = model.resolve_prior(prior)
     click.echo(f"prior: {prior_name} ({model.describe_prior(prior_name)})", err=True)
     exclude = _read_reference(novel_vs) if novel_vs else None
@@ -116,7 +127,7 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
             want = min(batch_size, max_draws - draws) if filtering else n - written
             for chunk in model.iter_samples(want, temperature=temperature, greedy=greedy,
                                             seed=None if seed is None else seed + draws, batch_size=batch_size,
-                                            prior=prior_name):
+                                            prior=prior_name, n_jobs=jobs):
                 draws += len(chunk)
                 lines = []
                 for smi, sel, valid in chunk.itertuples(index=False):
