@@ -45,6 +45,10 @@ MOSES_MODEL = {"embedding_dim": 64, "hidden_dim": 256, "encoder_layers": 1, "bid
 CONFIGS = {
     "molvae_default": {"model": {}, "train": {}},
     "moses_architecture": {"model": MOSES_MODEL, "train": {"batch_size": 512}},
+    # Cheaper encoders (the encoder is ~60% of the default's FLOPs; the decoder is the sampler).
+    "encoder128": {"model": {"hidden_dim": 128}, "train": {}},
+    "encoder128_decoder512": {"model": {"hidden_dim": 128, "decoder_hidden_dim": 512}, "train": {}},
+    "encoder_unidirectional256": {"model": {"bidirectional": False}, "train": {}},
 }
 
 
