@@ -139,3 +139,19 @@ def test_perturbation_quality_decodes_near_the_input(tiny_model, small_smiles):
     # At s = 0 the decode is the greedy reconstruction of μ: never further from the input than a far jump.
     assert res["0"]["mean_tanimoto"] >= res["50"]["mean_tanimoto"]
     assert res["0"]["exact"] >= res["50"]["exact"]
+
+
+def test_latent_quality_script_reports_the_smoothness_figure(tiny_run, small_csv, tmp_path):
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("latent_quality", root / "scripts" / "latent_quality.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "lq.json"
+    report = script.main(["--model", str(tiny_run.run_dir / "model.pt"), "--held-out", str(small_csv), "--n", "40",
+                          "--n-decodes", "2", "--score-samples", "2", "--scales", "0.5,2", "--out", str(out)])
+    smooth = report["smoothness"]
+    assert smooth["n_encoded"] == 40 and set(smooth) == {"n_encoded", "n_rejected", "0.5", "2"}
+    assert set(smooth["0.5"]) == {"median_tanimoto", "mean_tanimoto", "exact", "passes_filters", "valid"}
+    assert out.is_file()
