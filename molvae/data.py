@@ -14,6 +14,8 @@ import io
 import logging
 import math
 import os
+import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,8 @@ def _suffix(path: Path) -> tuple[str, bool]:
 def _read_text(path: Path, compressed: bool) -> str:
     try:
         raw = gzip.open(path, "rb").read() if compressed else path.read_bytes()
+    except zlib.error as exc:
+        raise InvalidInputError(f"{path}: corrupt gzip data ({exc}); expected an intact .gz file") from None
     except (OSError, EOFError) as exc:
         raise InvalidInputError(f"{path}: could not read the file ({exc})") from None
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -117,6 +121,8 @@ def read_molecules(path: str | os.PathLike, smiles_column: str | None = None) ->
     Raises:
         InvalidInputError: missing or empty file, no usable SMILES column, non-UTF-8 text.
     """
+    if str(path) == "-":
+        return _read_stdin(smiles_column)
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file")
@@ -131,6 +137,27 @@ def read_molecules(path: str | os.PathLike, smiles_column: str | None = None) ->
     if suffix in LINE_SUFFIXES or (suffix not in TABLE_SUFFIXES and not _looks_like_table(text)):
         return _read_lines(path, text)
     return _read_table(path, text, "\t" if suffix == ".tsv" else ",", smiles_column)
+
+
+STDIN = "-"
+
+
+def _read_stdin(smiles_column: str | None) -> pd.DataFrame:
+    """``-``: molecules from standard input, one SMILES per line or a CSV table with a header."""
+    source = Path("<stdin>")
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InvalidInputError("'-' reads molecules from standard input, but nothing is piped in; "
+                                "e.g. `cat mols.smi | molvae encode - --out z.npy`")
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"<stdin>: byte {exc.start} is not valid UTF-8; expected UTF-8 text") from None
+    if not text.strip():
+        raise InvalidInputError("<stdin>: no input; expected SMILES, one per line, or a CSV table")
+    if smiles_column is not None or _looks_like_table(text):
+        return _read_table(source, text, ",", smiles_column)
+    return _read_lines(source, text)
 
 
 def _looks_like_table(text: str) -> bool:
@@ -190,10 +217,25 @@ def _read_lines(path: Path, text: str) -> pd.DataFrame:
 
 
 def _read_sdf(path: Path, compressed: bool) -> pd.DataFrame:
-    from rdkit import Chem
-
     handle = gzip.open(path, "rb") if compressed else open(path, "rb")
     rows, inputs, names, errors = [], [], [], []
+    try:
+        _sdf_records(handle, rows, inputs, names, errors)
+    except (zlib.error, EOFError, gzip.BadGzipFile) as exc:
+        raise InvalidInputError(f"{path}: corrupt gzip data ({exc}); expected an intact .gz file") from None
+    if not rows:
+        raise InvalidInputError(f"{path}: no molecule records; expected an SD file")
+    out = pd.DataFrame({"row": rows, "input": inputs})
+    if any(names):
+        out["name"] = names
+    if any(errors):
+        out[READ_ERROR] = errors  # prepare() rejects these rows with this reason
+    return out
+
+
+def _sdf_records(handle, rows: list, inputs: list, names: list, errors: list) -> None:
+    from rdkit import Chem
+
     with handle, chem.quiet_rdkit():
         supplier = Chem.ForwardSDMolSupplier(handle, sanitize=True)
         for i, mol in enumerate(supplier, start=1):
@@ -210,14 +252,6 @@ def _read_sdf(path: Path, compressed: bool) -> pd.DataFrame:
                 inputs.append(Chem.MolToSmiles(mol))
                 names.append(mol.GetProp("_Name") if mol.HasProp("_Name") else "")
                 errors.append("")
-    if not rows:
-        raise InvalidInputError(f"{path}: no molecule records; expected an SD file")
-    out = pd.DataFrame({"row": rows, "input": inputs})
-    if any(names):
-        out["name"] = names
-    if any(errors):
-        out[READ_ERROR] = errors  # prepare() rejects these rows with this reason
-    return out
 
 
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

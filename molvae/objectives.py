@@ -207,7 +207,8 @@ class Objective:
             scores[i] = total[j]
             if not math.isfinite(total[j]):
                 scores[i] = np.nan
-                reasons[i] = "objective returned NaN"
+                # Say which value it was: an objective returning inf has a bug of its own kind
+                reasons[i] = f"objective returned {_nonfinite_name(total[j])}"
         return scores, reasons
 
     def head_weights(self, property_names: Sequence[str]) -> np.ndarray | None:
@@ -229,6 +230,12 @@ def _safe(fn: Callable[[Chem.Mol], float], mol: Chem.Mol) -> float:
             return float(fn(mol))
         except Exception:
             return math.nan
+
+
+def _nonfinite_name(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    return "+inf" if value > 0 else "-inf"
 
 
 def _call_plugin(term: Term, smiles: list[str]) -> np.ndarray:

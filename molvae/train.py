@@ -256,13 +256,18 @@ class RunLock:
             fh = open(self.path, "a+", encoding="utf-8")
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 fh.seek(0)
                 holder = fh.read().strip()
                 fh.close()
                 raise RunFolderError(
                     f"{self.run}: another molvae process{f' (pid {holder})' if holder else ''} is writing this run "
                     "folder; wait for it to finish or train into another --out") from None
+            except OSError as exc:  # a file system without locks (some network mounts): go on unlocked
+                fh.close()
+                log.warning("%s: cannot lock the run folder on this file system (%s); make sure no other "
+                            "molvae process writes it", self.run, exc.strerror or exc)
+                return self
             try:  # the holder before us may have unlinked the file we opened: lock the one on disk
                 same = os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
             except FileNotFoundError:
@@ -354,7 +359,8 @@ def _point_latest(run: Path, runs_dir: str | os.PathLike) -> None:
     """Point ``runs_dir/LATEST`` at ``run`` (when it lies in ``runs_dir``); called once ``run`` holds a model."""
     runs = Path(runs_dir)
     try:
-        if run.resolve().parent == runs.resolve():
+        # A run folder that is a symlink inside runs_dir counts as one of its runs too.
+        if run.absolute().parent == runs.absolute() or run.resolve().parent == runs.resolve():
             atomic_write(runs / LATEST_POINTER, lambda f: f.write(run.name.encode() + b"\n"))
     except OSError:
         log.warning("could not update %s", runs / LATEST_POINTER)

@@ -35,6 +35,10 @@ class MolvaeGroup(click.Group):
             sys.exit(130)
         except MemoryError as exc:
             _fail("out of memory; try a smaller --batch-size", exc)
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+            # e.g. --out in a read-only folder: say which file, without "unexpected"
+            what = f" {exc.filename}" if exc.filename else ""
+            _fail(f"cannot write or read{what}: {exc.strerror or exc}", exc)
         except BrokenPipeError:
             # Output piped into `head` and friends: not an error.
             try:
@@ -65,7 +69,7 @@ def main(verbose: int, quiet: bool) -> None:
 
     \b
     Quick start:
-      molvae train data/moses_sample.csv --epochs 20
+      molvae train data/moses_sample.csv --epochs 10     # default 30
       molvae generate --n 1000 --out generated.csv
     """
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)

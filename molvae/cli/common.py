@@ -96,5 +96,17 @@ def fraction(ctx, param, value):
     return value
 
 
+def refuse_same_file(out: str | None, *inputs: str | None, option: str = "--out") -> None:
+    """An output that is one of the inputs would replace the data the command reads: refuse it."""
+    import os
+
+    if not out or not os.path.exists(out):
+        return
+    for src in inputs:
+        if src and src != "-" and os.path.exists(src) and os.path.samefile(out, src):
+            raise click.BadParameter(f"{out} is the input file {src}; write the output to another file",
+                                     param_hint=option)
+
+
 def output_path(value: str | None) -> Path | None:
     return Path(value) if value else None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from . import main
@@ -29,7 +27,9 @@ def _parse_k(ctx, param, value: str) -> list[int]:
 @click.option("--k", "k", default="1000,10000", show_default=True, callback=_parse_k,
               help="Sizes for unique@k, comma-separated.")
 @click.option("--n-jobs", "-j", type=int, default=0, show_default=True, callback=non_negative_int,
-              help="Worker processes and torch threads (0 = all cores).")
+              help="Worker processes (0 = all cores; more than the cores available are capped).")
+@click.option("--threads", type=int, callback=positive_int,
+              help="CPU threads for torch (ChemNet, Tanimoto products) [the number of worker processes].")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write every figure, the counts behind it, notes and timings as JSON.")
 @device_option
@@ -43,13 +43,13 @@ def _parse_k(ctx, param, value: str) -> list[int]:
               help="Reference-statistics cache [default: $MOLVAE_CACHE_DIR or ~/.cache/molvae].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached reference statistics.")
 @click.option("--no-fcd", is_flag=True, help="Skip FCD (the slowest figure; needs the fcd package).")
-@click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [default: when a terminal].")
+@click.option("--progress/--no-progress", default=None, help="Progress bars on stderr [when stderr is a terminal].")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
               help="Write property histograms (logP, QED, SA, MW) of GENERATED vs --train (else --test) and a "
                    "grid of generated molecules into this folder (needs matplotlib).")
-def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, json_out, device, model_spec, heldout_size,
-                 seed, smiles_column, cache_dir, no_cache, no_fcd, progress, plots_dir):
-    """MOSES metrics of the molecules in GENERATED (csv/smi/sdf, e.g. from `molvae generate`).
+def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, threads, json_out, device, model_spec,
+                 heldout_size, seed, smiles_column, cache_dir, no_cache, no_fcd, progress, plots_dir):
+    """MOSES metrics of the molecules in GENERATED (csv/smi/sdf, e.g. from `molvae generate`; `-` for stdin).
 
     \b
     Figures (MOSES definitions, Polykovskiy et al. 2020):
@@ -72,11 +72,20 @@ def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, json_out, de
 
         if not have_matplotlib():  # say so before minutes of metrics, not after
             raise PlotsUnavailable("--plots needs matplotlib, an optional extra: pip install 'molvae[plots]'")
+    from ..config import progress_wanted
+    from .common import refuse_same_file
+
+    refuse_same_file(json_out, generated, train, test, test_scaffolds, option="--json")
+    if generated == "-":
+        from ..data import read_molecules
+
+        generated = read_molecules("-", smiles_column)["input"].tolist()
     model = load_model(model_spec, device) if model_spec else None
-    show = progress if progress is not None else sys.stderr.isatty()
+    show = progress_wanted(progress)
     result = evaluate(generated, train=train, test=test, test_scaffolds=test_scaffolds, k=k, n_jobs=n_jobs,
                       device=device, model=model, heldout_size=heldout_size, seed=seed, cache_dir=cache_dir,
-                      use_cache=not no_cache, compute_fcd=not no_fcd, progress=show, smiles_column=smiles_column)
+                      use_cache=not no_cache, compute_fcd=not no_fcd, progress=show, smiles_column=smiles_column,
+                      threads=threads)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(result.format_table())
@@ -87,7 +96,7 @@ def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, json_out, de
         _write_plots(plots_dir, generated, train or test, "training" if train else "test", smiles_column)
 
 
-def _write_plots(out_dir: str, generated: str, reference: str | None, label: str, smiles_column: str | None) -> None:
+def _write_plots(out_dir: str, generated: str | list[str], reference: str | None, label: str, smiles_column: str | None) -> None:
     """``--plots DIR``: property histograms of generated vs reference molecules and a molecule grid."""
     from pathlib import Path
 
@@ -95,7 +104,7 @@ def _write_plots(out_dir: str, generated: str, reference: str | None, label: str
     from ..data import read_molecules
     from ..plots import molecule_grid, property_histograms
 
-    gen = read_molecules(generated, smiles_column)["input"].tolist()
+    gen = generated if isinstance(generated, list) else read_molecules(generated, smiles_column)["input"].tolist()
     ref = read_molecules(reference, smiles_column)["input"].tolist() if reference else []
     path = property_histograms(gen, ref, out_dir, labels=("generated", label if reference else "no reference"))
     click.echo(f"wrote {path}", err=True)

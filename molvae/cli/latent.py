@@ -16,20 +16,33 @@ import pandas as pd
 from . import main
 from ..checkpoint import atomic_output
 from ..errors import InvalidInputError
-from .common import device_option, load_model, model_option, positive_float, positive_int, threads_option
+from .common import (device_option, load_model, model_option, positive_float, positive_int, refuse_same_file,
+                     threads_option)
 
 # ----------------------------------------------------------------------------- shared helpers
 
 
+MOLECULE_FILE_SUFFIXES = {".csv", ".tsv", ".smi", ".smiles", ".txt", ".sdf", ".sd", ".mol", ".gz"}
+
+
 def read_input(value: str, smiles_column: str | None = None) -> pd.DataFrame:
-    """A molecule file (any format the data reader takes) or, if no such file exists and the
-    text parses, one SMILES: a table with ``row`` and ``input``."""
+    """A molecule file (any format the data reader takes), ``-`` for standard input, or, if no such
+    file exists, one SMILES: a table with ``row`` and ``input``.
+
+    Raises:
+        InvalidInputError: a missing file (the name has a molecule-file suffix), or text that is
+            neither a file nor a SMILES RDKit parses (the message says both, with RDKit's reason).
+    """
     from .. import chem
     from ..data import read_molecules
 
-    if not Path(value).exists() and chem.to_mol(value) is not None:
+    if value == "-" or Path(value).exists():
+        return read_molecules(value, smiles_column)
+    if chem.to_mol(value) is not None:
         return pd.DataFrame({"row": [1], "input": [value]})
-    return read_molecules(value, smiles_column)
+    if Path(value).suffix.lower() in MOLECULE_FILE_SUFFIXES:
+        raise InvalidInputError(f"{value}: no such file")
+    raise InvalidInputError(f"{value}: not a SMILES RDKit can parse ({chem.parse_error(value)}), nor an existing file")
 
 
 def write_table(df: pd.DataFrame, out: str | None, *, properties: bool = False, smiles_column: str = "smiles",
@@ -114,7 +127,8 @@ def grid_option(f):
 @click.option("--rejected", "rejected_out", type=click.Path(dir_okay=False),
               help="Also write the rows that could not be encoded (row, input, reason) to this CSV.")
 @smiles_column_option
-@click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int)
+@click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int,
+              help="Molecules encoded per step (memory and speed only).")
 @model_option
 @device_option
 @threads_option
@@ -125,6 +139,8 @@ def encode_cmd(input_, out, sample, seed, rejected_out, smiles_column, batch_siz
     """
     from ..sample import save_latents
 
+    refuse_same_file(out, input_)
+    refuse_same_file(rejected_out, input_, option="--rejected")
     table = read_input(input_, smiles_column)
     model = load_model(model_spec, device)
     z, reasons = model.encode(table["input"].tolist(), sample=sample, seed=seed if sample else None,
@@ -143,11 +159,13 @@ def encode_cmd(input_, out, sample, seed, rejected_out, smiles_column, batch_siz
 @out_option
 @click.option("--sample/--greedy", "stochastic", default=False,
               help="Sample each token (with --temperature) instead of taking the most likely one [greedy].")
-@click.option("--temperature", "-t", type=float, default=1.0, show_default=True, callback=positive_float)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--temperature", "-t", type=float, default=1.0, show_default=True, callback=positive_float,
+              help="Softmax temperature of the decoder with --sample.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of --sample (same seed, same molecules).")
 @properties_option
 @grid_option
-@click.option("--batch-size", type=int, default=1000, show_default=True, callback=positive_int)
+@click.option("--batch-size", type=int, default=1000, show_default=True, callback=positive_int,
+              help="Latent rows decoded per step (memory and speed only).")
 @model_option
 @device_option
 @threads_option
@@ -158,6 +176,7 @@ def decode_cmd(latents, out, stochastic, temperature, seed, properties, grid, ba
     """
     from ..sample import load_latents
 
+    refuse_same_file(out, latents)
     z = load_latents(latents)
     model = load_model(model_spec, device)
     if z.shape[1] != model.config.latent_dim:
@@ -186,11 +205,12 @@ def decode_cmd(latents, out, stochastic, temperature, seed, properties, grid, ba
 @click.option("--n-decodes", "-k", type=int, default=1, show_default=True, callback=positive_int,
               help="1: greedy decode of μ. K > 1: K samples z ~ q(z|x), each decoded greedily; the most "
                    "frequent decode counts and exact_fraction gives the share of exact ones.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the posterior samples of --n-decodes.")
 @out_option
 @properties_option
 @smiles_column_option
-@click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int)
+@click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int,
+              help="Molecules per step (memory and speed only).")
 @model_option
 @device_option
 @threads_option
@@ -201,6 +221,7 @@ def reconstruct_cmd(input_, n_decodes, seed, out, properties, smiles_column, bat
     """
     from ..sample import reconstruct, reconstruction_accuracy
 
+    refuse_same_file(out, input_)
     table = read_input(input_, smiles_column)
     model = load_model(model_spec, device)
     res = reconstruct(model, table["input"].tolist(), n_decodes=n_decodes, seed=seed, batch_size=batch_size)
@@ -250,7 +271,7 @@ def interpolate_cmd(smiles_a, smiles_b, steps, spherical, keep_duplicates, out, 
               help="Distinct neighbours wanted.")
 @click.option("--radius", "-r", type=float, default=0.5, show_default=True, callback=positive_float,
               help="Noise scale around μ per latent dimension, in prior standard deviations.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the noise around μ.")
 @click.option("--max-draws", type=int, default=None, callback=positive_int,
               help="Latent points to decode at most [20 × N].")
 @out_option
@@ -277,11 +298,12 @@ def neighbors_cmd(smiles, n, radius, seed, max_draws, out, grid, model_spec, dev
 @click.argument("input_", metavar="INPUT")
 @click.option("--n-samples", type=int, default=8, show_default=True, callback=positive_int,
               help="Posterior samples averaged per molecule.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the posterior samples (same seed, same scores).")
 @out_option
 @properties_option
 @smiles_column_option
-@click.option("--batch-size", type=int, default=256, show_default=True, callback=positive_int)
+@click.option("--batch-size", type=int, default=256, show_default=True, callback=positive_int,
+              help="Molecules per step (memory and speed only).")
 @model_option
 @device_option
 @threads_option
@@ -296,6 +318,7 @@ def score_cmd(input_, n_samples, seed, out, properties, smiles_column, batch_siz
     """
     from ..sample import score
 
+    refuse_same_file(out, input_)
     table = read_input(input_, smiles_column)
     model = load_model(model_spec, device)
     res = score(model, table["input"].tolist(), n_samples=n_samples, seed=seed, batch_size=batch_size)

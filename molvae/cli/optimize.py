@@ -82,7 +82,8 @@ def _optional_limit(ctx, param, value):
 @click.option("--prior-weight", type=float, help="gradient: weight of the -||z||^2/2 prior penalty [0.05].")
 @device_option
 @threads_option
-@click.option("--progress/--no-progress", default=True, help="Progress bar with the best score so far.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar with the best score so far, on stderr [when stderr is a terminal].")
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw the top molecules, with their scores, as a grid image (.png or .svg).")
 def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, seed, start, min_similarity, init_file,
@@ -101,6 +102,7 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
 
     The top molecules are printed as CSV on stdout (rank, smiles, score[, similarity, improvement]).
     """
+    from ..config import progress_wanted
     from ..errors import InvalidInputError
     from ..objectives import Guards, parse_objective
     from ..optimize import optimize
@@ -111,6 +113,10 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
         raise click.UsageError("--init-scores needs --init FILE (the molecules the column belongs to)")
     if grid and Path(grid).suffix.lower() not in (".png", ".svg"):
         raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
+    from .common import refuse_same_file
+
+    refuse_same_file(out, init_file)
+    refuse_same_file(json_out, init_file, option="--json")
     if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
         raise click.BadParameter(f"must be in [0, 1], got {min_similarity}", param_hint="--min-similarity")
     guards = Guards(max_heavy_atoms=max_heavy_atoms or None, max_sa=max_sa, max_ring_size=max_ring_size,
@@ -134,7 +140,8 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
     init, init_scores = _read_smiles(init_file, init_score_column) if init_file else (None, None)
     click.echo(f"objective {obj.name} (guards: {obj.guards.describe()}), method {method}, budget {budget}", err=True)
     res = optimize(model, obj, method=method, budget=budget, seed=seed, start=start, min_similarity=min_similarity,
-                   init_smiles=init, init_scores=init_scores, log_path=out, top_k=top_k, progress=progress,
+                   init_smiles=init, init_scores=init_scores, log_path=out, top_k=top_k,
+                   progress=progress_wanted(progress),
                    settings=settings)
     click.echo(f"{res.n_calls} oracle calls in {res.elapsed_s:.1f} s ({res.stop_reason}); "
                f"{len(res.log)} distinct molecules seen", err=True)
@@ -171,24 +178,28 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
 
 
 @main.command("predict")
-@click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.argument("input_file", metavar="INPUT")
 @model_option
 @click.option("--smiles-column", help="SMILES column of a CSV (default: 'smiles' in any case, or the only column).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write CSV here instead of stdout.")
-@click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int)
+@click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int,
+              help="Molecules per step (memory and speed only).")
 @device_option
 @threads_option
 def predict_cmd(input_file, model_spec, smiles_column, out, batch_size, device):
-    """Predict properties of the molecules in INPUT with the model's property head.
+    """Predict properties of the molecules in INPUT (a file, `-` for stdin, or one SMILES) with the
+    model's property head.
 
     Output CSV, one row per input record in order: row, input, smiles (canonical), one column
     per property (de-standardized to the training data's units), and reason (why a molecule
     could not be encoded; empty otherwise).
     """
-    from ..data import read_molecules
     from ..optimize.head import predict_properties
+    from .common import refuse_same_file
+    from .latent import read_input
 
-    table = read_molecules(input_file, smiles_column)
+    refuse_same_file(out, input_file)
+    table = read_input(input_file, smiles_column)
     model = load_model(model_spec, device)
     pred = predict_properties(model, table["input"].tolist(), batch_size=batch_size)
     pred.insert(0, "input", table["input"].values)

@@ -30,7 +30,7 @@ def plot_group() -> None:
 @click.option("--coords", type=click.Path(dir_okay=False), help="Also write smiles, x, y, colour to this CSV.")
 @click.option("--max-molecules", type=int, default=20000, show_default=True, callback=positive_int,
               help="Plot a seeded random subset of this size at most.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the subsample and of UMAP.")
 @smiles_column_option
 @device_option
 @threads_option
@@ -83,7 +83,7 @@ def plot_curves_cmd(run_dir, out):
 @click.option("--legend", help="Caption: a column of INPUT or a property (qed, logp, sa, mw, heavy_atoms, plogp).")
 @click.option("--n", "-n", "n", type=int, default=50, show_default=True, callback=positive_int,
               help="Draw the first N molecules.")
-@click.option("--per-row", type=int, default=5, show_default=True, callback=positive_int)
+@click.option("--per-row", type=int, default=5, show_default=True, callback=positive_int, help="Molecules per row of the grid.")
 @smiles_column_option
 def plot_grid_cmd(input_, out, legend, n, per_row, smiles_column):
     """Draw the molecules of INPUT (a file of SMILES, e.g. the output of generate) as a grid."""
@@ -109,7 +109,7 @@ def plot_grid_cmd(input_, out, legend, n, per_row, smiles_column):
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="HTML file [RUN_DIR/report.html].")
 @click.option("--n-samples", type=int, default=1000, show_default=True, callback=positive_int,
               help="Molecules sampled for the grid, quick metrics and histograms.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the samples in the report.")
 @click.option("--reference", type=click.Path(dir_okay=False, exists=True),
               help="Training molecules to compare with [the data file recorded in the run].")
 @device_option

@@ -82,7 +82,7 @@ def _config_error(exc: ConfigError, opts: dict, config_file: str | None):
 @click.option("--device", help="auto | cpu | cuda | cuda:N [auto].")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA [on].")
 @click.option("--cpu-amp/--no-cpu-amp", default=None,
-              help="bf16 autocast on the CPU [on where the CPU has AVX-512 BF16/AMX].")
+              help="bf16 autocast on the CPU [on with AMX, or AMD with AVX-512 BF16].")
 @click.option("--compile", "compile", is_flag=True, default=None, help="torch.compile the model [off].")
 @click.option("--cache/--no-cache", "use_cache", default=True, show_default=True,
               help="Reuse preprocessed data from the cache ($MOLVAE_CACHE_DIR, default ~/.cache/molvae).")
@@ -95,7 +95,7 @@ def _config_error(exc: ConfigError, opts: dict, config_file: str | None):
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
 def train_cmd(data, out, config_file, resume, overwrite, smiles_column, properties, n_jobs, runs_dir, progress,
               use_cache, **opts):
-    """Clean DATA (csv, csv.gz, smi, txt or sdf of SMILES), build the vocabulary and train a VAE.
+    """Clean DATA (csv, csv.gz, smi, txt or sdf of SMILES; `-` for stdin), build the vocabulary and train a VAE.
 
     Writes a run folder with model.pt (best validation loss at the target β), checkpoint.pt, config.json,
     history.csv and rejected.csv (every row not used, with its reason). An --out folder that already holds
@@ -107,6 +107,10 @@ def train_cmd(data, out, config_file, resume, overwrite, smiles_column, properti
         raise click.UsageError("give a DATA file of SMILES (or --resume RUN_DIR)")
     if resume is not None and overwrite:
         raise click.UsageError("--resume continues a run and --overwrite replaces one; give only one of them")
+    if data == "-":  # molecules piped in: read once here (no file to hash for the cache, none to resume from)
+        from ..data import read_molecules
+
+        data = read_molecules("-", smiles_column)
     settings = load_config_file(config_file) if config_file else {"model": {}, "train": {}}
     for key, value in opts.items():
         if value is not None:

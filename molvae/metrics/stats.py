@@ -230,11 +230,9 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     """Where reference statistics are cached: ``path``, else ``$MOLVAE_CACHE_DIR``, else ``~/.cache/molvae``."""
     if path is not None:
         return Path(path)
-    env = os.environ.get("MOLVAE_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "molvae"
+    from ..cache import default_cache_dir  # one cache folder for preprocessing and metrics
+
+    return default_cache_dir()
 
 
 def _versions() -> str:
@@ -266,15 +264,18 @@ def _split(array: np.ndarray) -> list[str]:
 
 def _save(path: Path, **arrays: np.ndarray) -> None:
     """Write an ``.npz`` atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    try:  # a read-only or unusable cache folder costs speed, never the evaluation
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("could not write the metrics cache %s (%s); continuing without it", path, exc)
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _load(path: Path) -> dict[str, np.ndarray] | None:

@@ -240,7 +240,7 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
              k: int | Sequence[int] = (1000, 10000), n_jobs: int | None = None, device: str | torch.device = "auto",
              model=None, heldout_size: int = 1000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
              use_cache: bool = True, compute_fcd: bool = True, progress: bool = False,
-             smiles_column: str | None = None) -> Evaluation:
+             smiles_column: str | None = None, threads: int | None = None) -> Evaluation:
     """Compute the MOSES metrics of generated molecules.
 
     Args:
@@ -259,6 +259,7 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
         compute_fcd: compute FCD (needs the ``fcd`` package; skipped with a note when missing).
         progress: progress bars on stderr.
         smiles_column: SMILES column of CSV inputs when not found automatically.
+        threads: torch threads for the matrix products (default: ``n_jobs``).
 
     Returns:
         An :class:`Evaluation`; ``metrics`` uses the MOSES names (``valid``, ``unique@1000``,
@@ -292,8 +293,8 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
         "test_scaffolds": (SmilesSource(test_scaffolds, smiles_column, "test_scaffolds")
                            if test_scaffolds is not None else None),
     }
-    threads = torch.get_num_threads()
-    torch.set_num_threads(jobs)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads or jobs)
     chemnet = None
     workers = None
     try:
@@ -417,7 +418,7 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
     finally:
         if workers is not None:
             workers.close()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads_before)
 
     ordered = {name: metrics[name] for name in (*METRIC_NAMES, *MODEL_METRIC_NAMES) if name in metrics}
     ordered.update({name: v for name, v in metrics.items() if name not in ordered})
