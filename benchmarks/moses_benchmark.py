@@ -46,10 +46,12 @@ PUBLISHED = {
 }
 
 
-def sample(model: MolVAE, n: int, seed: int, batch_size: int) -> tuple[list[str], float]:
-    """``n`` SMILES sampled from the prior ('' for an invalid one) and the seconds it took."""
+def sample(model: MolVAE, n: int, seed: int, batch_size: int, prior: str | None = None,
+           n_jobs: int = 1) -> tuple[list[str], float]:
+    """``n`` SMILES sampled from ``prior`` (the model's default when ``None``; '' for an invalid one)
+    and the seconds it took."""
     t = time.perf_counter()
-    table = model.sample(n, seed=seed, batch_size=batch_size)
+    table = model.sample(n, seed=seed, batch_size=batch_size, prior=prior, n_jobs=n_jobs)
     return table["smiles"].fillna("").astype(str).tolist(), time.perf_counter() - t
 
 
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=30000, help="molecules to sample")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--prior", default=None, help="prior to sample (default: the model's default prior)")
     ap.add_argument("--n-jobs", type=int, default=0, help="processes for the metrics (0 = all cores)")
     ap.add_argument("--progress", action="store_true", help="progress bars on stderr")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -111,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     model = MolVAE.load(path, device=device)
     log.info("using %s (%s): %s", how, path, model)
     t0 = time.perf_counter()
-    smiles, t_sample = sample(model, args.n, args.seed, args.batch_size)
+    prior = model.resolve_prior(args.prior)
+    log.info("prior: %s (%s)", prior, model.describe_prior(prior))
+    sample_jobs = args.n_jobs if device.type == "cpu" else 1
+    smiles, t_sample = sample(model, args.n, args.seed, args.batch_size, prior, sample_jobs)
     log.info("sampled %d molecules in %.1f s", len(smiles), t_sample)
     if args.samples_out:
         Path(args.samples_out).write_text("".join(f"{s}\n" for s in smiles), encoding="utf-8")
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_train_time_s": meta.get("train_time_s"),
         "model_epochs": len(model.history),
         "n_samples": args.n,
+        "prior": prior,
+        "prior_description": model.describe_prior(prior),
         "seed": args.seed,
         "reference": {"train": args.train, "test": args.test, "test_scaffolds": args.test_scaffolds},
         "device": str(device),
