@@ -146,6 +146,27 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(data, f))
 
 
+def newer_writer_note(data: dict[str, Any]) -> str:
+    """``"; written by molvae X, newer than this molvae Y: upgrade molvae"`` when the file says so, else ``""``.
+
+    A newer molvae may store settings this one does not know (same file format, new keys); the
+    error about them should say that upgrading is the fix, not that the file is broken.
+    """
+    from . import __version__
+
+    written = (data.get("versions") or {}).get("molvae") if isinstance(data.get("versions"), dict) else None
+
+    def key(v: str) -> tuple:
+        return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.+-]", str(v))[:3])
+
+    try:
+        if written and key(written) > key(__version__):
+            return f"; written by molvae {written}, newer than this molvae {__version__}: upgrade molvae"
+    except Exception:  # noqa: BLE001 - a malformed version string is not worth an error of its own
+        pass
+    return ""
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a model file safely and check its format.
 

@@ -187,13 +187,19 @@ class MolVAE:
             config = ModelConfig.from_dict(dict(data["model_config"]))
             vocab = Vocabulary.from_list(data["vocab"])
         except Exception as exc:
-            raise CheckpointError(f"{where}: invalid stored config or vocabulary ({exc})") from None
+            from .checkpoint import newer_writer_note
+
+            raise CheckpointError(f"{where}: invalid stored config or vocabulary ({exc}){newer_writer_note(data)}") \
+                from None
         train_config = None
         if data.get("train_config"):
             try:
                 train_config = TrainConfig.from_dict(dict(data["train_config"]))
             except Exception as exc:
-                raise CheckpointError(f"{where}: invalid stored training config ({exc})") from None
+                from .checkpoint import newer_writer_note
+
+                raise CheckpointError(f"{where}: invalid stored training config ({exc}){newer_writer_note(data)}") \
+                    from None
         # Shapes come from a network on the meta device (no memory), so a crafted config with
         # enormous sizes is refused by the shape check instead of allocating them.
         try:

@@ -123,6 +123,9 @@ def read_molecules(path: str | os.PathLike, smiles_column: str | None = None) ->
     """
     if str(path) == "-":
         return _read_stdin(smiles_column)
+    if "://" in str(path):
+        raise InvalidInputError(f"{path}: molvae reads local files only (and mounted network file systems); "
+                                "download the file first")
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file")

@@ -585,13 +585,14 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
     log.info("%d molecules read, %d kept, %d rejected (%d duplicates)", prepared.n_input, len(prepared),
              len(prepared.rejected), prepared.n_duplicates)
     if len(prepared) < 2:
-        # One molecule cannot be split into training and validation: the run would train on it alone and
-        # report a validation loss of NaN for every epoch.
-        raise InvalidInputError(
-            f"{data if data_path else 'the training table'}: only {len(prepared)} distinct molecule remains after "
-            f"cleaning ({prepared.n_input} rows read, {prepared.n_duplicates} duplicates, "
-            f"{len(prepared.rejected) - prepared.n_duplicates} other rejects); training needs at least 2 "
-            "(one to train on, one to validate)")
+        # One molecule cannot be split into training and validation: the run trains on it alone, every
+        # validation figure is NaN and model.pt is chosen by the training loss. Said loudly, not refused
+        # (a corpus whose every other row is a salt still trains).
+        log.warning(
+            "%s: only %d distinct molecule remains after cleaning (%d rows read, %d duplicates, %d other rejects); "
+            "a validation split needs at least 2, so there is no validation loss and model.pt is chosen by the "
+            "training loss", data if data_path else "the training table", len(prepared), prepared.n_input,
+            prepared.n_duplicates, len(prepared.rejected) - prepared.n_duplicates)
 
     if state is not None:
         vocab_saved = state["vocab"]

@@ -262,3 +262,40 @@ def test_an_unwritable_output_is_one_line_naming_it(tmp_path, tiny_run):
     blocker.write_text("x")
     res = cli("score", "CCO", "--model", tiny_run.run_dir, "--out", blocker / "s.csv")
     one_error(res, str(blocker), "cannot write")
+
+
+def test_a_model_from_a_newer_molvae_with_new_settings_says_upgrade(tmp_path, tiny_run):
+    from molvae.checkpoint import load_checkpoint
+
+    data = load_checkpoint(tiny_run.run_dir / "model.pt")
+    data["model_config"]["attention_heads"] = 4  # a setting this molvae does not know
+    data["versions"]["molvae"] = "9.0.0"
+    torch.save(data, tmp_path / "future.pt")
+    one_error(cli("generate", "--model", tmp_path / "future.pt", "--n", "2"), "attention_heads",
+              "written by molvae 9.0.0", "upgrade molvae")
+
+
+def test_a_url_is_refused_in_one_line(tiny_run):
+    one_error(cli("score", "https://example.org/mols.csv", "--model", tiny_run.run_dir), "local files only")
+
+
+def test_generate_out_equal_to_novel_vs_is_refused(tmp_path, tiny_run, small_csv):
+    data = tmp_path / "train.csv"
+    data.write_bytes(small_csv.read_bytes())
+    res = cli("generate", "--model", tiny_run.run_dir, "--n", "3", "--novel-vs", data, "--out", data)
+    assert res.exit_code == 2 and "is the input file" in res.output, res.output
+    assert data.read_bytes() == small_csv.read_bytes()
+
+
+def test_resume_of_a_run_another_process_writes_is_refused(tmp_path, tiny_run):
+    import shutil
+
+    from molvae.train import RunLock
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run.run_dir, run)
+    lock = RunLock(run).acquire()
+    try:
+        one_error(cli("train", "--resume", run, "--epochs", "4"), "another molvae process")
+    finally:
+        lock.release()

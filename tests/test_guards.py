@@ -139,12 +139,14 @@ def test_a_dying_metrics_worker_fails_loudly():
 
 # ----------------------------------------------------------------------------- 7. too few molecules
 
-def test_one_distinct_molecule_is_refused(tmp_path):
+def test_one_distinct_molecule_is_warned_about(tmp_path):
     data = tmp_path / "same.csv"
     data.write_text("smiles\n" + "CCO\n" * 1000)
+    torch.set_num_threads(1)
     res = cli("train", data, "--out", tmp_path / "r", *TINY)
-    one_error(res, "only 1 distinct molecule", "999 duplicates", "at least 2")
-    assert not (tmp_path / "r").exists()
+    assert res.exit_code == 0, res.output
+    warning = next(line for line in res.output.splitlines() if "only 1 distinct molecule" in line)
+    assert "999 duplicates" in warning and "needs at least 2" in warning and "training loss" in warning
 
 
 def test_an_empty_validation_split_is_warned_about(tmp_path, caplog):

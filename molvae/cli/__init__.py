@@ -35,10 +35,6 @@ class MolvaeGroup(click.Group):
             sys.exit(130)
         except MemoryError as exc:
             _fail("out of memory; try a smaller --batch-size", exc)
-        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
-            # e.g. --out in a read-only folder: say which file, without "unexpected"
-            what = f" {exc.filename}" if exc.filename else ""
-            _fail(f"cannot write or read{what}: {exc.strerror or exc}", exc)
         except BrokenPipeError:
             # Output piped into `head` and friends: not an error.
             try:
@@ -46,6 +42,12 @@ class MolvaeGroup(click.Group):
             except OSError:
                 pass
             sys.exit(0)
+        except OSError as exc:
+            if exc.errno is None:  # not from the operating system: a bug, reported as such below
+                _fail(f"unexpected {type(exc).__name__}: {exc} (set MOLVAE_DEBUG=1 for the traceback)", exc)
+            # e.g. --out in a read-only folder, a full disk: say which file, without "unexpected"
+            what = f" {exc.filename}" if exc.filename else ""
+            _fail(f"cannot write or read{what}: {exc.strerror or exc}", exc)
         except Exception as exc:  # last resort: still one line
             _fail(f"unexpected {type(exc).__name__}: {exc} (set MOLVAE_DEBUG=1 for the traceback)", exc)
 

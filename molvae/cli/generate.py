@@ -85,6 +85,9 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
         raise click.BadParameter("property columns go into a CSV: use --out FILE.csv", param_hint="--properties")
     if grid and Path(grid).suffix.lower() not in (".png", ".svg"):
         raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
+    from .common import refuse_same_file
+
+    refuse_same_file(out, novel_vs)
     model = load_model(model_spec, device)
     if n_jobs is not None and n_jobs < 0:
         raise click.BadParameter(f"must be >= 0, got {n_jobs}", param_hint="--n-jobs")

@@ -36,7 +36,7 @@ def read_input(value: str, smiles_column: str | None = None) -> pd.DataFrame:
     from .. import chem
     from ..data import read_molecules
 
-    if value == "-" or Path(value).exists():
+    if value == "-" or "://" in value or Path(value).exists():
         return read_molecules(value, smiles_column)
     if chem.to_mol(value) is not None:
         return pd.DataFrame({"row": [1], "input": [value]})
