@@ -155,3 +155,22 @@ def test_latent_quality_script_reports_the_smoothness_figure(tiny_run, small_csv
     assert smooth["n_encoded"] == 40 and set(smooth) == {"n_encoded", "n_rejected", "0.5", "2"}
     assert set(smooth["0.5"]) == {"median_tanimoto", "mean_tanimoto", "exact", "passes_filters", "valid"}
     assert out.is_file()
+
+
+def test_models_listing_names_the_default_prior(fitted, tmp_path, monkeypatch):
+    import shutil
+
+    import molvae.core
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    model = MolVAE.load(fitted)
+    model.default_prior = "gmm"
+    model.save(folder / "withprior.pt")
+    shutil.copy(fitted, folder / "plain.pt")
+    monkeypatch.setattr(molvae.core, "SHIPPED_MODELS_DIR", folder)
+    res = CliRunner().invoke(main, ["models"])
+    assert res.exit_code == 0, res.output
+    blocks = {b.split()[0]: b for b in res.stdout.split("\n\n")}
+    assert "prior       gmm (generate's default); also normal" in blocks["withprior"]
+    assert "prior       normal (generate's default); also gmm" in blocks["plain"]

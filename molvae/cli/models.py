@@ -71,6 +71,8 @@ def describe_model(name: str, path: Path) -> dict[str, Any]:
         "train_device": meta.get("device"),
         "seed": train.get("seed"),
         "versions": dict(data.get("versions") or {}),
+        "priors": ["normal", *sorted((data.get("priors") or {}).keys())],
+        "default_prior": data.get("default_prior") or "normal",
         "metrics": None,
     }
     mpath = metrics_path(path)
@@ -104,6 +106,9 @@ def _text(info: dict[str, Any]) -> str:
     if info["train_time_s"] is not None:
         when += f", {info['train_time_s'] / 60:.0f} min on {info['train_device']}"
     lines.append(when)
+    others = [p for p in info.get("priors", ["normal"]) if p != info.get("default_prior", "normal")]
+    lines.append(f"  prior       {info.get('default_prior', 'normal')} (generate's default)"
+                 + (f"; also {', '.join(others)}" if others else ""))
     metrics = info.get("metrics")
     if metrics:
         shown = [f"{k} {_fmt(metrics[k])}" for k in MOSES_COLUMNS if k in metrics]
