@@ -178,7 +178,7 @@ class TrainConfig(_ConfigMixin):
     grad_clip: float = 5.0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     amp: bool = True                 # mixed precision on CUDA (bf16, or fp16 with a grad scaler)
-    cpu_amp: bool | None = None      # bf16 autocast on the CPU (None = when the CPU has AVX-512 BF16/AMX)
+    cpu_amp: bool | None = None      # bf16 autocast on the CPU (None = with AMX, or AMD with AVX-512 BF16)
     compile: bool = False            # torch.compile the training step's model
     early_stopping: int | None = None  # patience in epochs on validation ELBO
     checkpoint_every: int = 0        # steps between resumable checkpoints (0 = each epoch only)
