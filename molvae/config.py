@@ -22,6 +22,7 @@ __all__ = ["ModelConfig", "TrainConfig", "load_config_file", "KL_SCHEDULES", "Co
 T = TypeVar("T")
 
 KL_SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(InvalidInputError):
@@ -165,6 +166,8 @@ class TrainConfig(_ConfigMixin):
     epochs: int = 30
     batch_size: int = 256            # per process under torchrun; 256 keeps CPU matrix products efficient
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"    # constant | cosine (to lr_final_ratio·lr over the run's epochs or --max-time)
+    lr_final_ratio: float = 0.1      # cosine: the learning rate at the end of the run, relative to learning_rate
     seed: int = 0
     val_fraction: float = 0.1
     max_len: int | None = None       # SELFIES tokens; longer molecules are rejected
@@ -194,6 +197,9 @@ class TrainConfig(_ConfigMixin):
         if self.kl_schedule not in KL_SCHEDULES:
             raise ConfigError(f"TrainConfig.kl_schedule must be one of {KL_SCHEDULES}, got {self.kl_schedule!r}",
                               "kl_schedule")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
+                              "lr_schedule")
         _check_fields(self, _TRAIN_RULES)
         if not isinstance(self.extra, dict):
             raise ConfigError(f"TrainConfig.extra must be a table, got {self.extra!r}", "extra")
@@ -213,6 +219,7 @@ _TRAIN_RULES: dict[str, _Rule] = {
     "epochs": (_INT, 1, None, False, False, False),
     "batch_size": (_INT, 1, None, False, False, False),
     "learning_rate": (_FLOAT, 0.0, None, True, False, False),
+    "lr_final_ratio": (_FLOAT, 0.0, 1.0, False, False, False),
     # numpy's seeded generators take non-negative seeds only
     "seed": (_INT, 0, 2**63 - 1, False, False, False),
     "val_fraction": (_FLOAT, 0.0, 1.0, False, True, False),

@@ -16,3 +16,46 @@ def test_bf16_autocast_with_amx_or_on_amd_with_avx512_bf16(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
     assert cpu_has_fast_bf16(str(info))
     assert not cpu_has_fast_bf16(str(tmp_path / "missing"))
+
+
+def test_cosine_learning_rate_schedule():
+    import math
+
+    import pytest
+
+    from molvae import TrainConfig
+    from molvae.train import learning_rate_at
+
+    const = TrainConfig(learning_rate=2e-3)
+    assert learning_rate_at(const, 0.0) == learning_rate_at(const, 0.7) == 2e-3
+    cos = TrainConfig(learning_rate=2e-3, lr_schedule="cosine", lr_final_ratio=0.1)
+    assert learning_rate_at(cos, 0.0) == pytest.approx(2e-3)
+    assert learning_rate_at(cos, 0.5) == pytest.approx(0.5 * (2e-3 + 2e-4))
+    assert learning_rate_at(cos, 1.0) == learning_rate_at(cos, 3.0) == pytest.approx(2e-4)
+    values = [learning_rate_at(cos, p / 10) for p in range(11)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+    assert not math.isclose(values[3], 2e-3)
+
+
+def test_training_applies_the_cosine_schedule(tmp_path, small_csv):
+    import torch
+
+    from molvae import train
+    from molvae.train import learning_rate_at
+
+    from conftest import TINY_MODEL, tiny_train_config
+
+    tc = tiny_train_config(epochs=2, lr_schedule="cosine", lr_final_ratio=0.2, learning_rate=3e-3)
+    res = train(small_csv, tmp_path / "run", model_config=TINY_MODEL, train_config=tc, runs_dir=tmp_path)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["training_state"]
+    steps_per_epoch = state["global_step"] // 2
+    last = (1 + (steps_per_epoch - 1) / steps_per_epoch) / 2  # progress at the last step
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest_approx(learning_rate_at(tc, last))
+    assert state["optimizer"]["param_groups"][0]["lr"] < 3e-3 * 0.3
+    assert res.model.train_config.lr_schedule == "cosine"
+
+
+def pytest_approx(x):
+    import pytest
+
+    return pytest.approx(x, rel=1e-9)

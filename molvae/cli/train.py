@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ..config import KL_SCHEDULES, ConfigError, ModelConfig, TrainConfig, load_config_file
+from ..config import KL_SCHEDULES, LR_SCHEDULES, ConfigError, ModelConfig, TrainConfig, load_config_file
 from ..errors import InvalidInputError
 from . import main
 from .common import fraction, non_negative_int, positive_float, positive_int
@@ -14,6 +14,7 @@ from .common import fraction, non_negative_int, positive_float, positive_int
 # CLI option name -> (config table, field)
 _MAP = {
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
+    "lr_schedule": ("train", "lr_schedule"), "lr_final_ratio": ("train", "lr_final_ratio"),
     "seed": ("train", "seed"), "val_fraction": ("train", "val_fraction"), "max_len": ("train", "max_len"),
     "largest_fragment": ("train", "largest_fragment"), "kl_schedule": ("train", "kl_schedule"),
     "kl_weight": ("train", "kl_weight"), "kl_warmup": ("train", "kl_warmup_epochs"),
@@ -56,6 +57,11 @@ def _config_error(exc: ConfigError, opts: dict, config_file: str | None):
 @click.option("--epochs", type=int, help=f"Epochs [{TrainConfig.epochs}].")
 @click.option("--batch-size", type=int, help=f"Molecules per step [{TrainConfig.batch_size}].")
 @click.option("--lr", type=float, help=f"Adam learning rate [{TrainConfig.learning_rate}].")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
+              help=f"Learning rate over the run: constant, or cosine down to --lr-final-ratio × --lr by the last "
+                   f"epoch or --max-time [{TrainConfig.lr_schedule}].")
+@click.option("--lr-final-ratio", type=float,
+              help=f"cosine: final learning rate relative to --lr [{TrainConfig.lr_final_ratio}].")
 @click.option("--seed", type=int, help=f"Random seed [{TrainConfig.seed}].")
 @click.option("--val-fraction", type=float, help=f"Validation share [{TrainConfig.val_fraction}].")
 @click.option("--max-len", type=int, help="Reject molecules with more SELFIES tokens.")
