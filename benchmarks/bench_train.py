@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from molvae.data import _available_cpus
-    from molvae.train import cpu_has_fast_bf16
+    from molvae.core import cpu_has_fast_bf16
 
     with tempfile.TemporaryDirectory(prefix="molvae-bench-") as tmp:
         env = dict(os.environ)

@@ -7,6 +7,7 @@ training logic (see :mod:`molvae.train`) and delegates the network to
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,36 @@ log = logging.getLogger(__name__)
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
 LATEST_POINTER = "LATEST"
 DEFAULT_SHIPPED = "moses-small"
+
+
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether bf16 autocast speeds training up on this CPU: AMX tiles (``amx_bf16``), or an AMD CPU
+    with AVX-512 BF16 (Zen 4 and later).
+
+    AVX-512 BF16 alone is not enough on Intel: on a 2-core Xeon with ``avx512_bf16`` but no AMX, an
+    epoch of 2,850 ZINC molecules took 18 s with bf16 autocast and 13 s in fp32. On a 2-core AMD
+    EPYC with ``avx512_bf16`` the default model trained 1.58x faster with it (419 against 265
+    molecules per CPU-second, ``benchmarks/results/bench_train_cpu_amp_amd.json``) and sampled
+    1.6x faster. Training (``cpu_amp``) and prior sampling (:meth:`MolVAE.iter_samples`) use it.
+    """
+    flags: list[str] = []
+    vendor = ""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("vendor_id") and not vendor:
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    break
+    except OSError:
+        return False
+    return "amx_bf16" in flags or (vendor == "AuthenticAMD" and "avx512_bf16" in flags)
+
+
+@functools.lru_cache(maxsize=1)
+def _fast_bf16_here() -> bool:
+    return cpu_has_fast_bf16()
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -88,16 +119,19 @@ def find_model(spec: str | os.PathLike | None = None, runs_dir: str | os.PathLik
         raise CheckpointError(f"{spec}: no such model file, run folder or shipped model (shipped: {names})")
     runs = Path(runs_dir)
     pointer = runs / LATEST_POINTER
+    note = ""
     if pointer.is_file():
         run = runs / pointer.read_text(encoding="utf-8").strip()
         if (run / "model.pt").is_file():
             return run / "model.pt", f"latest run {run}"
+        # never silently: say why the latest run was passed over
+        note = f"; {pointer} names {run}, which holds no model.pt"
     shipped = shipped_models()
     if DEFAULT_SHIPPED in shipped:
-        return shipped[DEFAULT_SHIPPED], f"shipped model {DEFAULT_SHIPPED!r}"
+        return shipped[DEFAULT_SHIPPED], f"shipped model {DEFAULT_SHIPPED!r}{note}"
     if shipped:
         name, path = next(iter(shipped.items()))
-        return path, f"shipped model {name!r}"
+        return path, f"shipped model {name!r}{note}"
     raise CheckpointError(
         "no model found: no --model given, no runs/LATEST here and no shipped model; "
         "train one with `molvae train smiles.csv` or pass --model PATH")
@@ -337,8 +371,12 @@ class MolVAE:
         else:  # a fitted prior draws on the CPU (float64 mixture)
             cpu_gen = gen if self.device.type == "cpu" else _generator(seed, torch.device("cpu"))
             z = self.priors[prior].sample(m, generator=cpu_gen, device=self.device)
-        ids = self.net.generate(z, self.config.max_len, temperature=temperature, greedy=greedy, generator=gen,
-                                atom_tokens=self.atom_tokens)
+        # bf16 matrix products where the CPU runs them fast (the same rule as training's cpu_amp):
+        # 1.6x more molecules per second on an AMD Zen 4; the samples differ from fp32 ones only by rounding.
+        fast = self.device.type == "cpu" and _fast_bf16_here()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            ids = self.net.generate(z, self.config.max_len, temperature=temperature, greedy=greedy, generator=gen,
+                                    atom_tokens=self.atom_tokens)
         rows = [self.ids_to_smiles(seq) for seq in ids]
         return pd.DataFrame({"smiles": [r[0] for r in rows], "selfies": [r[1] for r in rows],
                              "valid": [bool(r[0]) for r in rows]})

@@ -35,7 +35,7 @@ import torch
 from . import data as data_mod
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, versions
 from .config import ModelConfig, TrainConfig, progress_wanted
-from .core import LATEST_POINTER, MolVAE, resolve_device
+from .core import LATEST_POINTER, MolVAE, cpu_has_fast_bf16, resolve_device
 from .distributed import DistContext, init_from_env
 from .errors import CheckpointError, InvalidInputError, MolvaeError, RunFolderError
 from .model import VAE
@@ -139,30 +139,6 @@ def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether bf16 autocast speeds training up on this CPU: AMX tiles (``amx_bf16``), or an AMD CPU
-    with AVX-512 BF16 (Zen 4 and later).
-
-    AVX-512 BF16 alone is not enough on Intel: on a 2-core Xeon with ``avx512_bf16`` but no AMX, an
-    epoch of 2,850 ZINC molecules took 18 s with bf16 autocast and 13 s in fp32. On a 2-core AMD
-    EPYC with ``avx512_bf16`` the default model trained 1.58x faster with it (419 against 265
-    molecules per CPU-second, ``benchmarks/results/bench_train_cpu_amp_amd.json``).
-    """
-    flags: list[str] = []
-    vendor = ""
-    try:
-        with open(cpuinfo, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("vendor_id") and not vendor:
-                    vendor = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    break
-    except OSError:
-        return False
-    return "amx_bf16" in flags or (vendor == "AuthenticAMD" and "avx512_bf16" in flags)
 
 
 def use_mixed_precision(config: TrainConfig, device: torch.device) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from molvae.train import cpu_has_fast_bf16
+from molvae.core import cpu_has_fast_bf16
 
 
 def test_bf16_autocast_with_amx_or_on_amd_with_avx512_bf16(tmp_path):
