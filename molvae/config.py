@@ -50,6 +50,8 @@ _Rule = tuple
 
 
 def _describe(kind: str, low, high, low_open: bool, high_open: bool) -> str:
+    if kind == "int" and low == 1 and high is None and not low_open:
+        return "a positive integer"
     what = "an integer" if kind == "int" else "a number"
     fmt = "d" if kind == "int" else "g"
     parts = []

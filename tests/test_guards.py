@@ -171,15 +171,15 @@ BAD_TRAIN = [
     ("grad_clip", -1, "must be a number > 0"),
     ("kl_weight", float("nan"), "finite"),
     ("kl_weight", float("inf"), "finite"),
-    ("batch_size", True, "must be an integer >= 1, got True (bool)"),
+    ("batch_size", True, "must be a positive integer, got True (bool)"),
     ("max_time_minutes", -5, "must be a number > 0"),
     ("learning_rate", "0.001", "got '0.001' (str)"),
     ("seed", -1, "must be an integer >= 0"),
-    ("epochs", 2.5, "must be an integer"),
+    ("epochs", 2.5, "must be a positive integer, got 2.5"),
     ("free_bits", -0.1, ">= 0"),
     ("kl_cycle_ratio", 0, "> 0"),
     ("property_weight", float("nan"), "finite"),
-    ("num_threads", 0, ">= 1"),
+    ("num_threads", 0, "must be a positive integer, got 0"),
     ("amp", "yes", "true or false"),
 ]
 

@@ -171,3 +171,12 @@ def test_a_failing_command_never_truncates_its_output(tmp_path, tiny_run):
     assert res.exit_code == 0, res.output
     assert len(keep.read_text().splitlines()) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "keep.csv"]
+
+
+def test_passing_over_a_latest_run_without_a_model_is_said(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    (runs / "broken").mkdir(parents=True)
+    (runs / "LATEST").write_text("broken\n")
+    monkeypatch.chdir(tmp_path)
+    path, how = find_model(None)
+    assert "shipped model" in how and "broken, which holds no model.pt" in how
