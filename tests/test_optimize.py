@@ -98,7 +98,7 @@ def test_oracle_known_molecules_are_free_and_not_results():
 
 # ----------------------------------------------------------------------------- optimizers
 
-@pytest.mark.parametrize("method,settings", [("gradient", GRAD), ("bo", BO)])
+@pytest.mark.parametrize("method,settings", [("gradient", GRAD), ("bo", BO), ("bo", {**BO, "acquisition": "qei"})])
 def test_optimizer_improves_within_budget(tiny_model, small_csv, method, settings):
     # The tiny model decodes little but carbon chains, so the simple objective it can improve is logP
     # (without the heavy-atom guard): the search must beat the encoded training molecules it starts from.
@@ -134,6 +134,29 @@ def test_known_scores_start_the_search_for_free(tiny_model, small_csv, method, s
     # Every oracle call went to the search; no known molecule is reported as found.
     assert res.n_calls >= 1 and not set(res.top["smiles"]) & set(known["smiles"])
     assert (log[log["charged"]]["method"] == method).all()
+
+
+def test_bo_local_gp_points_are_the_nearest_to_the_centre():
+    from molvae.optimize.bo import _local_subset
+
+    X = np.array([[0.0, 0.0], [0.9, 0.9], [0.1, 0.0], [0.5, 0.5], [0.0, 0.2], [1.0, 1.0]])
+    assert _local_subset(X, 0, 3).tolist() == [0, 2, 4]          # the centre and its two nearest
+    assert _local_subset(X, 5, 2).tolist() == [1, 5]
+    assert _local_subset(X, 0, 10).tolist() == list(range(6))   # fewer points than the limit: all
+
+
+def test_bo_small_local_gp_and_seeded(tiny_model, small_csv):
+    """A GP on a handful of nearest points still searches, spends the budget and repeats itself by seed."""
+    init = pd.read_csv(small_csv)["smiles"].tolist()
+    settings = {**BO, "max_gp_points": 5, "fit_steps": 10, "refit_steps": 2, "n_candidates": 64}
+    runs = [optimize(tiny_model, "logp", method="bo", budget=16, seed=1, init_smiles=init,
+                     guards=Guards(max_heavy_atoms=None), settings=settings) for _ in range(2)]
+    _check_log(runs[0], 16)
+    assert (runs[0].log["method"] == "bo").any()
+    pd.testing.assert_frame_equal(runs[0].log, runs[1].log)
+    assert runs[0].settings["max_gp_points"] == 5 and 0 < runs[0].objective_s < runs[0].elapsed_s
+    with pytest.raises(InvalidInputError, match="n_candidates must be >= batch_size"):
+        optimize(tiny_model, "qed", budget=5, settings={"batch_size": 8, "n_candidates": 4})
 
 
 def test_known_scores_bad_arguments(tiny_model):

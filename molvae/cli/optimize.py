@@ -71,9 +71,9 @@ def _optional_limit(ctx, param, value):
 @click.option("--max-ring-size", type=int, callback=positive_int, help="Guard: no ring larger than this.")
 @click.option("--min-ring-size", type=int, callback=positive_int, help="Guard: no ring smaller than this.")
 @click.option("--allow-radicals", is_flag=True, help="Guard off: also score molecules with unpaired electrons.")
-@click.option("--batch-size", type=int, callback=positive_int, help="bo: points per batch [10].")
-@click.option("--acquisition", type=click.Choice(["qei", "qucb", "ts"]),
-              help="bo: q-log expected improvement, q-UCB or Thompson sampling [qei].")
+@click.option("--batch-size", type=int, callback=positive_int, help="bo: new molecules per batch [20].")
+@click.option("--acquisition", type=click.Choice(["ts", "qei", "qucb"]),
+              help="bo: Thompson sampling from a local GP, q-log expected improvement or q-UCB [ts].")
 @click.option("--steps", type=int, callback=positive_int, help="gradient: steps per round [40].")
 @click.option("--step-size", type=float, callback=positive_float, help="gradient: step length in latent units [0.15].")
 @click.option("--n-starts", type=int, callback=positive_int, help="gradient: parallel paths [16].")

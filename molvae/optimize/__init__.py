@@ -2,8 +2,8 @@
 score high on an objective.
 
 Two methods: ``gradient`` (gradient ascent on the property head or a fitted surrogate,
-decoding along the path) and ``bo`` (batch Bayesian optimization with a BoTorch GP in a
-TuRBO trust region). Both spend an oracle budget of distinct scored molecules, never
+decoding along the path) and ``bo`` (batch Bayesian optimization: Thompson sampling from a
+local BoTorch GP in a TuRBO trust region). Both spend an oracle budget of distinct scored molecules, never
 more, log every molecule seen, and support the constrained protocol of JT-VAE: improve
 a start molecule while keeping Tanimoto similarity to it at or above a floor.
 
@@ -157,4 +157,5 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
     return OptimizationResult(
         method=method, objective=obj.name, budget=budget, n_calls=oracle.n_calls, seed=seed, top=top,
         log=oracle.log(), elapsed_s=time.perf_counter() - t0, start_smiles=canon_start, start_score=start_score,
-        min_similarity=min_similarity, settings=dataclasses.asdict(settings), stop_reason=stop)
+        min_similarity=min_similarity, settings=dataclasses.asdict(settings), stop_reason=stop,
+        objective_s=oracle.objective_s)

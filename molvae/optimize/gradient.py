@@ -88,7 +88,9 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
     while not oracle.exhausted and stale < settings.patience and (settings.max_rounds is None
                                                                   or rnd < settings.max_rounds):
         if not on_head:
-            scorer.fit(np.concatenate(data_z), np.concatenate(data_y))
+            data_z, data_y = [np.concatenate(data_z)], [np.concatenate(data_y)]
+            keep = _fit_subset(data_y[0], settings.max_fit_points)
+            scorer.fit(data_z[0][keep], data_y[0][keep])
         starts = _round_starts(model, oracle, scorer, settings, rng, rnd, start_z, init_smiles, on_head,
                                widen=1.0 + stale, pool=pool)
         z0 = torch.as_tensor(starts, dtype=torch.float32, device=device)
@@ -112,6 +114,16 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
     if stale < settings.patience:
         return f"{rnd} rounds (max_rounds)"
     return f"no new scored molecule in {settings.patience} rounds"
+
+
+def _fit_subset(y: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the best quarter and the most recent rest of ``limit`` points (all when there are fewer)."""
+    if len(y) <= limit:
+        return np.arange(len(y))
+    filled = np.where(np.isfinite(y), y, -np.inf)
+    best = np.argsort(-filled, kind="stable")[: limit // 4]
+    recent = np.arange(len(y) - (limit - len(best)), len(y))
+    return np.unique(np.concatenate([best, recent]))
 
 
 def _round_starts(model, oracle: Oracle, scorer, settings: GradientSettings, rng: np.random.Generator, rnd: int,

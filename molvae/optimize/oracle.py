@@ -72,6 +72,7 @@ class Oracle:
         self.cache: dict[str, _Entry] = {}
         self.rows: list[dict] = []
         self.n_calls = 0
+        self.objective_s = 0.0      # seconds spent inside the objective (the rest of a search is overhead)
         self.best_score = -math.inf
         self.best_smiles: str | None = None
         self.progress = progress
@@ -165,7 +166,9 @@ class Oracle:
                 break  # budget spent: leave the rest unscored and uncached
             to_score.append(s)
         if to_score:
+            t0 = time.perf_counter()
             scores, reasons = self.objective.evaluate(to_score)
+            self.objective_s += time.perf_counter() - t0
             for s, v, r in zip(to_score, scores, reasons):
                 self.n_calls += 1
                 self._record(step, s, float(v), method, self.similarity(s), True, r or "ok")
