@@ -190,15 +190,20 @@ def _optimize_acquisition(gp, Y: torch.Tensor, lb: torch.Tensor, ub: torch.Tenso
 def _decode_new(model, oracle: Oracle, cand: np.ndarray, batch_size: int) -> tuple[np.ndarray, list[str], int]:
     """Decode ``cand (m, d)`` in chunks of ``batch_size`` until ``batch_size`` molecules not seen before
     (by the oracle or in this batch) turned up, or ``_DECODE_ROUNDS`` chunks were decoded:
-    ``(decoded points, their SMILES, how many distinct new molecules)``."""
+    ``(decoded points, their SMILES, how many distinct new molecules)``. The points stop at the one
+    that brought the ``batch_size``-th new molecule, so a batch never holds more new molecules than that."""
     smiles: list[str] = []
     new: set[str] = set()
     n = 0
     while n < len(cand) and len(new) < batch_size and n < _DECODE_ROUNDS * batch_size:
         chunk = decode_smiles(model, cand[n:n + batch_size])
-        n += len(chunk)
-        smiles += chunk
-        new.update(m for m in chunk if m and not oracle.seen(m))
+        for m in chunk:
+            n += 1
+            smiles.append(m)
+            if m and m not in new and not oracle.seen(m):
+                new.add(m)
+                if len(new) == batch_size:
+                    break
     return cand[:n], smiles, len(new)
 
 
