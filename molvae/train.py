@@ -745,7 +745,6 @@ def _train(data, out_dir, run, state, model_config: ModelConfig, tc: TrainConfig
 
     from tqdm.auto import tqdm
 
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / tc.batch_size))
     t_start = time.perf_counter()
     elapsed_before = float(history[-1]["elapsed_s"]) if history else 0.0
     consecutive_bad = resumed_bad

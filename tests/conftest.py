@@ -6,12 +6,33 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from molvae import ModelConfig, TrainConfig, train
+from molvae.cli import main
 
 DATA = Path(__file__).parent / "data"
 
 TINY_MODEL = ModelConfig(embedding_dim=16, hidden_dim=16, decoder_hidden_dim=32, latent_dim=4)
+
+
+def cli(*args):
+    """Run the molvae CLI in-process; fail on a traceback or an uncaught exception."""
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in res.output, res.output
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise AssertionError(f"uncaught {type(res.exception).__name__}: {res.exception}\n{res.output}")
+    return res
+
+
+def one_error(res, *needles: str) -> str:
+    """The single ``Error:`` line of a failed command (exit code 1), holding every needle."""
+    assert res.exit_code == 1, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, res.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
 
 
 def tiny_train_config(**changes) -> TrainConfig:

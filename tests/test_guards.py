@@ -13,35 +13,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
 from molvae import ModelConfig, TrainConfig, chem, train
-from molvae.cli import main
 from molvae.config import ConfigError
-from molvae.data import prepare, read_molecules
+from molvae.data import prepare
 
-from conftest import TINY_MODEL, tiny_train_config
+from conftest import TINY_MODEL, cli, one_error, tiny_train_config
 
 ROOT = Path(__file__).parents[1]
 TINY = ["--epochs", "1", "--batch-size", "32", "--embedding-dim", "8", "--hidden-dim", "8",
         "--decoder-hidden-dim", "8", "--latent-dim", "2", "--device", "cpu", "--no-progress", "--threads", "1"]
 
-
-def cli(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in res.output, res.output
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(res.exception).__name__}: {res.exception}\n{res.output}")
-    return res
-
-
-def one_error(res, *needles: str) -> str:
-    assert res.exit_code == 1, res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, res.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def run_python(code: str, timeout: float) -> subprocess.CompletedProcess:

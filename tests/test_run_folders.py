@@ -8,36 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from molvae import train
-from molvae.cli import main
 from molvae.core import find_model
 from molvae.errors import RunFolderError
 from molvae.train import RunLock
 
-from conftest import TINY_MODEL, tiny_train_config
+from conftest import TINY_MODEL, cli, one_error, tiny_train_config
 
 TINY = ["--epochs", "1", "--batch-size", "32", "--embedding-dim", "8", "--hidden-dim", "8",
         "--decoder-hidden-dim", "8", "--latent-dim", "2", "--device", "cpu", "--no-progress", "--n-jobs", "1",
         "--threads", "1"]
 
-
-def cli(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in res.output, res.output
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(res.exception).__name__}: {res.exception}\n{res.output}")
-    return res
-
-
-def one_error(res, *needles: str) -> str:
-    assert res.exit_code == 1, res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, res.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

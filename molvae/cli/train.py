@@ -9,7 +9,6 @@ import click
 from ..config import KL_SCHEDULES, LR_SCHEDULES, ConfigError, ModelConfig, TrainConfig, load_config_file
 from ..errors import InvalidInputError
 from . import main
-from .common import fraction, non_negative_int, positive_float, positive_int
 
 # CLI option name -> (config table, field)
 _MAP = {
