@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from molvae.cli import main
 from molvae.data import prepare, read_molecules
 from molvae.errors import InvalidInputError
+
+from conftest import cli
+from conftest import one_error as refused
 
 BAD = Path(__file__).parent / "data" / "bad"
 TINY = ["--epochs", "1", "--batch-size", "8", "--embedding-dim", "8", "--hidden-dim", "8",
@@ -40,22 +42,6 @@ def test_every_corpus_file_has_a_test():
 
 # ----------------------------------------------------------------------------- helpers
 
-def cli(*args: str):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in res.output, res.output
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(res.exception).__name__}: {res.exception}\n{res.output}")
-    return res
-
-
-def refused(res, *needles: str) -> str:
-    """Exit code 1 and exactly one ``Error:`` line that contains every needle."""
-    assert res.exit_code == 1, res.output
-    errors = [l for l in res.output.splitlines() if l.startswith("Error:")]
-    assert len(errors) == 1, res.output
-    for needle in needles:
-        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
-    return errors[0]
 
 
 def bad_option(res, option: str) -> None:
