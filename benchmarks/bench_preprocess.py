@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from molvae.cache import prepare_file
-    from molvae.data import _available_cpus
+    from molvae.workers import available_cpus as _available_cpus
 
     tmp = None
     cache_dir = args.cache_dir

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from molvae.data import _available_cpus
+    from molvae.workers import available_cpus as _available_cpus
     from molvae.core import cpu_has_fast_bf16
 
     with tempfile.TemporaryDirectory(prefix="molvae-bench-") as tmp:

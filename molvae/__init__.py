@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import os as _os
 import sys as _sys
 
@@ -18,6 +16,7 @@ OMP_POLICY_SET_BY_MOLVAE = "torch" not in _sys.modules and "OMP_WAIT_POLICY" not
 if OMP_POLICY_SET_BY_MOLVAE:
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
+from ._version import __version__  # noqa: E402
 from .config import ModelConfig, TrainConfig  # noqa: E402
 from .core import MolVAE  # noqa: E402
 from .errors import CheckpointError, InvalidInputError, MolvaeError, VocabularyError  # noqa: E402

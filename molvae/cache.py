@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from . import data as data_mod
+from ._version import versions
 from .vocab import Vocabulary
 
 __all__ = ["default_cache_dir", "cache_key", "prepare_file", "save_prepared", "load_prepared",
@@ -51,8 +52,11 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 
 
-def default_cache_dir() -> Path:
-    """``$MOLVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/molvae``, else ``~/.cache/molvae``."""
+def default_cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """The one cache folder (preprocessing and metrics): ``path`` if given, else ``$MOLVAE_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/molvae``, else ``~/.cache/molvae``."""
+    if path is not None:
+        return Path(path)
     env = os.environ.get("MOLVAE_CACHE_DIR")
     if env:
         return Path(env).expanduser()
@@ -60,19 +64,10 @@ def default_cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "molvae"
 
 
-def _versions() -> dict[str, str]:
-    import rdkit
-    import selfies
-
-    from . import __version__
-
-    return {"molvae": __version__, "rdkit": rdkit.__version__, "selfies": selfies.__version__}
-
-
 def cache_key(source_hash: str, settings: dict[str, Any]) -> str:
     """Folder name of the entry for a file with SHA-256 ``source_hash`` cleaned under ``settings``."""
     blob = json.dumps({"source": source_hash, "settings": settings, "format": CACHE_FORMAT,
-                       "versions": _versions()}, sort_keys=True)
+                       "versions": versions("molvae", "rdkit", "selfies")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -96,7 +91,7 @@ def prepare_file(path: str | os.PathLike, *, smiles_column: str | None = None, l
     settings = {"smiles_column": smiles_column, "largest_fragment": bool(largest_fragment),
                 "max_len": max_len, "property_columns": list(property_columns)}
     key = cache_key(source_hash, settings)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = default_cache_dir(cache_dir)
     entry = root / key
     if use_cache and (entry / "meta.json").is_file():
         t0 = time.perf_counter()
@@ -147,7 +142,7 @@ def save_prepared(prepared: data_mod.PreparedData, entry: str | os.PathLike,
         if prepared.properties is not None:
             prop_names = [str(c) for c in prepared.properties.columns]
             np.save(tmp / "properties.npy", prepared.properties.to_numpy(dtype=np.float64))
-        meta = {"format": CACHE_FORMAT, "versions": _versions(), "source_hash": prepared.source_hash,
+        meta = {"format": CACHE_FORMAT, "versions": versions("molvae", "rdkit", "selfies"), "source_hash": prepared.source_hash,
                 "n_input": int(prepared.n_input), "n_molecules": len(prepared),
                 "n_duplicates": int(prepared.n_duplicates), "property_names": prop_names,
                 "has_properties": prepared.properties is not None, "settings": settings or {}}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import platform
 import re
 import tempfile
 import warnings
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ._version import __version__, versions  # versions: re-exported (train.py imports it from here)
 from .errors import CheckpointError
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "versions", "atomic_write",
@@ -27,22 +27,6 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint"
 
 FORMAT_NAME = "molvae-model"
 FORMAT_VERSION = 1
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and of the libraries a model depends on."""
-    import rdkit
-    import selfies
-
-    from . import __version__
-
-    return {
-        "molvae": __version__,
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "rdkit": str(rdkit.__version__),
-        "selfies": str(selfies.__version__),
-    }
 
 
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
@@ -152,8 +136,6 @@ def newer_writer_note(data: dict[str, Any]) -> str:
     A newer molvae may store settings this one does not know (same file format, new keys); the
     error about them should say that upgrading is the fix, not that the file is broken.
     """
-    from . import __version__
-
     written = (data.get("versions") or {}).get("molvae") if isinstance(data.get("versions"), dict) else None
 
     def key(v: str) -> tuple:

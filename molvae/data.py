@@ -12,11 +12,10 @@ import gzip
 import hashlib
 import io
 import logging
-import math
 import os
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,9 +285,6 @@ class TokenData:
         """Token count of each molecule, ``(n,)``."""
         return np.diff(self.offsets)
 
-    def get(self, i: int) -> np.ndarray:
-        return self.ids[self.offsets[i]:self.offsets[i + 1]]
-
     @classmethod
     def from_sequences(cls, seqs: Sequence[Sequence[int]]) -> TokenData:
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
@@ -353,30 +349,6 @@ class PreparedData:
 
     def __len__(self) -> int:
         return len(self.smiles)
-
-
-def _process_chunk(args: tuple[list[str], bool]) -> list:
-    inputs, keep_largest = args
-    return [chem.process_smiles(s, keep_largest_fragment=keep_largest) for s in inputs]
-
-
-def process_many(inputs: Sequence[str], keep_largest_fragment: bool = True, n_jobs: int = 1,
-                 show_progress: bool = False) -> list:
-    """:func:`chem.process_smiles` over many inputs, in input order, in ``n_jobs`` processes."""
-    from tqdm.auto import tqdm
-
-    from .workers import ordered_map
-
-    inputs = list(inputs)
-    n_jobs = 1 if len(inputs) < 2000 else resolve_jobs(n_jobs)
-    chunk = max(1000, math.ceil(len(inputs) / (n_jobs * 16)))
-    pieces = [(inputs[i:i + chunk], keep_largest_fragment) for i in range(0, len(inputs), chunk)]
-    out: list = []
-    with tqdm(total=len(inputs), desc="preprocess", disable=not show_progress, leave=False) as bar:
-        for res in ordered_map(_process_chunk, pieces, n_jobs, what="cleaning molecules"):
-            out.extend(res)
-            bar.update(len(res))
-    return out
 
 
 # Reasons of :func:`chem.process_smiles`, reproduced by the fast path below.
@@ -527,11 +499,6 @@ def process_compact(inputs: Sequence[str], keep_largest_fragment: bool = True, n
         reasons=reasons)
 
 
-def _available_cpus() -> int:
-    """CPUs this process may run on (respects affinity masks and containers)."""
-    return available_cpus()
-
-
 def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int | None = None,
             vocab: Vocabulary | None = None, property_columns: Sequence[str] = (),
             n_jobs: int = 1, show_progress: bool = False) -> PreparedData:
@@ -622,7 +589,7 @@ def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int 
     if property_columns:
         computed = chem.compute_properties(kept_smiles,
                                            [c for c in property_columns if c not in table.columns],
-                                           n_jobs=n_jobs if n_jobs and n_jobs > 0 else _available_cpus())
+                                           n_jobs=n_jobs if n_jobs and n_jobs > 0 else available_cpus())
         props = pd.DataFrame({c: computed[c] if c in computed else
                               pd.to_numeric(table[c].iloc[keep_idx], errors="coerce").to_numpy(dtype=float)
                               for c in property_columns})
@@ -688,13 +655,3 @@ def bucket_batches(lengths: np.ndarray, indices: np.ndarray, batch_size: int, *,
         order = rng.permutation(len(batches))
         batches = [batches[i] for i in order]
     return batches
-
-
-def iterate_batches(tokens: TokenData, batches: Sequence[np.ndarray], vocab: Vocabulary,
-                    properties: np.ndarray | None = None) -> Iterator[Batch]:
-    """Materialize :class:`Batch` objects for precomputed index batches."""
-    for idx in batches:
-        b = tokens.batch(idx, vocab.eos_id, vocab.pad_id)
-        if properties is not None:
-            b.properties = torch.from_numpy(properties[idx].astype(np.float32))
-        yield b

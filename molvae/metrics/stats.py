@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._version import versions
+from ..cache import default_cache_dir
 from ..data import file_hash, read_molecules
 from ..errors import InvalidInputError
 from .molecules import (FP_BITS, FP_RADIUS, MIN_SCAFFOLD_RINGS, PROPERTY_NAMES, Workers, canonical_chunk,
@@ -226,25 +228,14 @@ def describe_train(smiles: Sequence[str], workers: Workers, label: str = "train"
 
 # ----------------------------------------------------------------------------- cache
 
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where reference statistics are cached: ``path``, else ``$MOLVAE_CACHE_DIR``, else ``~/.cache/molvae``."""
-    if path is not None:
-        return Path(path)
-    from ..cache import default_cache_dir  # one cache folder for preprocessing and metrics
-
-    return default_cache_dir()
+# One cache folder for preprocessing and metrics: the resolver is cache's, under the name metrics exports.
+cache_dir = default_cache_dir
 
 
 def _versions() -> str:
-    import rdkit
-
-    try:
-        import fcd
-
-        fcd_version = getattr(fcd, "__version__", "?")
-    except Exception:
-        fcd_version = "none"
-    return f"rdkit={rdkit.__version__}|fcd={fcd_version}"
+    """The libraries whose versions change reference statistics, as they appear in a cache key."""
+    found = versions("rdkit", "fcd")
+    return f"rdkit={found['rdkit']}|fcd={found['fcd'] or 'none'}"
 
 
 def _key(kind: str, source: SmilesSource) -> str:

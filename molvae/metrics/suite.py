@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._version import versions
 from ..errors import InvalidInputError
 from .molecules import PROPERTY_NAMES, Workers, resolve_n_jobs
 from .similarity import max_tanimoto, power_mean_tanimoto
@@ -430,25 +431,9 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
         "test_scaffolds": sources["test_scaffolds"].describe() if sources["test_scaffolds"] is not None else None,
         "k": ks, "n_jobs": jobs, "device": str(dev), "fingerprint": "Morgan r=2, 1024 bits",
         "heldout_size": heldout_size if model is not None else None, "seed": seed,
-        "versions": _versions(), "platform": platform.platform(),
+        "versions": versions("molvae", "rdkit", "torch", "numpy", "python", "fcd"), "platform": platform.platform(),
     }
     return Evaluation(ordered, counts, notes, timings, cache, settings)
-
-
-def _versions() -> dict[str, str]:
-    import rdkit
-
-    from .. import __version__
-
-    out = {"molvae": __version__, "rdkit": rdkit.__version__, "torch": torch.__version__,
-           "numpy": np.__version__, "python": platform.python_version()}
-    try:
-        import fcd as fcd_module
-
-        out["fcd"] = getattr(fcd_module, "__version__", "?")
-    except Exception:
-        out["fcd"] = None
-    return out
 
 
 class _NullBar:

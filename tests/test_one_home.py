@@ -1,0 +1,31 @@
+"""Each concept has one home: versions, the cache folder, the worker pool, the property functions."""
+
+from __future__ import annotations
+
+import molvae
+from molvae import _version, cache, checkpoint
+from molvae.metrics import stats
+
+
+def test_one_versions_helper_everywhere():
+    assert checkpoint.versions is _version.versions
+    assert molvae.__version__ == _version.__version__
+    found = _version.versions()
+    assert list(found) == ["molvae", "python", "torch", "rdkit", "selfies"]
+    assert all(isinstance(v, str) and v for v in found.values())
+    assert set(_version.versions("numpy", "fcd")) == {"numpy", "fcd"}
+
+
+def test_one_cache_folder(tmp_path, monkeypatch):
+    assert stats.cache_dir is cache.default_cache_dir
+    monkeypatch.setenv("MOLVAE_CACHE_DIR", str(tmp_path / "c"))
+    assert cache.default_cache_dir() == tmp_path / "c"
+    assert cache.default_cache_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_dead_helpers_are_gone():
+    from molvae import data
+
+    for name in ("process_many", "_process_chunk", "iterate_batches", "_available_cpus"):
+        assert not hasattr(data, name), name
+    assert not hasattr(data.TokenData, "get")
