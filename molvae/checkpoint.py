@@ -175,18 +175,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
                 f"{path}: refused: the file contains pickled Python objects{what}, not only data and tensors; "
-                "molvae model files never do, so it was not loaded and nothing in it was run") from None
+                "molvae model files never do, so it was not loaded and nothing in it was run") from exc
         # torch's own wording is about its defaults; keep only the unpickler's reason.
         inner = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
         reason = " ".join((inner.group(1) if inner else text.strip().splitlines()[0] if text.strip() else "").split())
         raise CheckpointError(
             f"{path}: truncated or corrupt model file, or not one written by molvae "
-            f"(unpickling failed: {reason[:200]}); it was not loaded") from None
+            f"(unpickling failed: {reason[:200]}); it was not loaded") from exc
     except Exception as exc:  # noqa: BLE001
         # Arbitrary bytes reach torch's legacy unpickler, which fails in many ways (IndexError,
         # struct.error, EOFError, zipfile.BadZipFile, ...); every one of them means a corrupt file.
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: truncated or corrupt model file ({msg[:200]})") from None
+        raise CheckpointError(f"{path}: truncated or corrupt model file ({msg[:200]})") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a molvae model file (expected format {FORMAT_NAME!r})")
     version = data.get("format_version")

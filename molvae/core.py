@@ -77,8 +77,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidInputError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidInputError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
     return dev
@@ -224,7 +224,7 @@ class MolVAE:
             from .checkpoint import newer_writer_note
 
             raise CheckpointError(f"{where}: invalid stored config or vocabulary ({exc}){newer_writer_note(data)}") \
-                from None
+                from exc
         train_config = None
         if data.get("train_config"):
             try:
@@ -233,14 +233,14 @@ class MolVAE:
                 from .checkpoint import newer_writer_note
 
                 raise CheckpointError(f"{where}: invalid stored training config ({exc}){newer_writer_note(data)}") \
-                    from None
+                    from exc
         # Shapes come from a network on the meta device (no memory), so a crafted config with
         # enormous sizes is refused by the shape check instead of allocating them.
         try:
             with torch.device("meta"):
                 expected = VAE(config, len(vocab)).state_dict()
         except Exception as exc:
-            raise CheckpointError(f"{where}: stored config does not describe a valid network ({exc})") from None
+            raise CheckpointError(f"{where}: stored config does not describe a valid network ({exc})") from exc
         state = data["state_dict"]
         if not isinstance(state, dict):
             raise CheckpointError(f"{where}: state_dict is not a mapping of tensors")
@@ -475,8 +475,8 @@ def _parallel_batches(model: MolVAE, tasks: Iterator[tuple], jobs: int) -> Itera
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-    except BrokenProcessPool:
-        raise crashed("sampling molecules") from None
+    except BrokenProcessPool as exc:
+        raise crashed("sampling molecules") from exc
     finally:
         for f in pending:
             f.cancel()

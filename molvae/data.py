@@ -61,9 +61,9 @@ def _read_text(path: Path, compressed: bool) -> str:
     try:
         raw = gzip.open(path, "rb").read() if compressed else path.read_bytes()
     except zlib.error as exc:
-        raise InvalidInputError(f"{path}: corrupt gzip data ({exc}); expected an intact .gz file") from None
+        raise InvalidInputError(f"{path}: corrupt gzip data ({exc}); expected an intact .gz file") from exc
     except (OSError, EOFError) as exc:
-        raise InvalidInputError(f"{path}: could not read the file ({exc})") from None
+        raise InvalidInputError(f"{path}: could not read the file ({exc})") from exc
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
@@ -72,7 +72,7 @@ def _read_text(path: Path, compressed: bool) -> str:
         line = raw[: exc.start].count(b"\n") + 1
         raise InvalidInputError(
             f"{path}: line {line} is not valid UTF-8 (byte {raw[exc.start]:#04x}); expected a UTF-8 text file"
-        ) from None
+        ) from exc
 
 
 def find_smiles_column(columns: Sequence[str], requested: str | None = None, *, source: str = "input") -> str:
@@ -154,7 +154,7 @@ def _read_stdin(smiles_column: str | None) -> pd.DataFrame:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"<stdin>: byte {exc.start} is not valid UTF-8; expected UTF-8 text") from None
+        raise InvalidInputError(f"<stdin>: byte {exc.start} is not valid UTF-8; expected UTF-8 text") from exc
     if not text.strip():
         raise InvalidInputError("<stdin>: no input; expected SMILES, one per line, or a CSV table")
     if smiles_column is not None or _looks_like_table(text):
@@ -170,10 +170,10 @@ def _looks_like_table(text: str) -> bool:
 def _read_table(path: Path, text: str, sep: str, smiles_column: str | None) -> pd.DataFrame:
     try:
         df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=True)
-    except pd.errors.EmptyDataError:
-        raise InvalidInputError(f"{path}: the file is empty; expected a header row and SMILES") from None
+    except pd.errors.EmptyDataError as exc:
+        raise InvalidInputError(f"{path}: the file is empty; expected a header row and SMILES") from exc
     except pd.errors.ParserError as exc:
-        raise InvalidInputError(f"{path}: not a valid CSV table ({str(exc).strip().splitlines()[-1]})") from None
+        raise InvalidInputError(f"{path}: not a valid CSV table ({str(exc).strip().splitlines()[-1]})") from exc
     if not isinstance(df.index, pd.RangeIndex):
         # pandas takes the extra leading fields of rows longer than the header as an
         # index, which would shift every value into the wrong column.
@@ -224,7 +224,7 @@ def _read_sdf(path: Path, compressed: bool) -> pd.DataFrame:
     try:
         _sdf_records(handle, rows, inputs, names, errors)
     except (zlib.error, EOFError, gzip.BadGzipFile) as exc:
-        raise InvalidInputError(f"{path}: corrupt gzip data ({exc}); expected an intact .gz file") from None
+        raise InvalidInputError(f"{path}: corrupt gzip data ({exc}); expected an intact .gz file") from exc
     if not rows:
         raise InvalidInputError(f"{path}: no molecule records; expected an SD file")
     out = pd.DataFrame({"row": rows, "input": inputs})

@@ -245,10 +245,10 @@ def _call_plugin(term: Term, smiles: list[str]) -> np.ndarray:
         raise InvalidInputError(f"objective plugin {term.name} raised {type(exc).__name__}: {exc}") from exc
     try:
         vals = [math.nan if v is None else float(v) for v in out]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as exc:
         raise InvalidInputError(
             f"objective plugin {term.name} must return a sequence of numbers (NaN or None for invalid), "
-            f"got {type(out).__name__}") from None
+            f"got {type(out).__name__}") from exc
     if len(vals) != len(smiles):
         raise InvalidInputError(
             f"objective plugin {term.name} returned {len(vals)} values for {len(smiles)} molecules; "
@@ -278,7 +278,7 @@ def load_plugin(spec: str) -> Callable[[list[str]], Sequence[float]]:
             module_spec.loader.exec_module(module)  # type: ignore[union-attr]
         except Exception as exc:
             raise InvalidInputError(
-                f"objective plugin {spec!r}: importing {path} failed ({type(exc).__name__}: {exc})") from None
+                f"objective plugin {spec!r}: importing {path} failed ({type(exc).__name__}: {exc})") from exc
     else:
         if "" not in sys.path and "." not in sys.path:
             # Like `python -m`, let plugins live in the working folder.
@@ -288,10 +288,10 @@ def load_plugin(spec: str) -> Callable[[list[str]], Sequence[float]]:
         except ImportError as exc:
             raise InvalidInputError(
                 f"objective plugin {spec!r}: cannot import module {module_name!r} ({exc}); "
-                "is it installed or in the current folder / on PYTHONPATH?") from None
+                "is it installed or in the current folder / on PYTHONPATH?") from exc
         except Exception as exc:
             raise InvalidInputError(
-                f"objective plugin {spec!r}: importing {module_name!r} failed ({type(exc).__name__}: {exc})") from None
+                f"objective plugin {spec!r}: importing {module_name!r} failed ({type(exc).__name__}: {exc})") from exc
     fn = getattr(module, func_name, None)
     if fn is None:
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))

@@ -66,9 +66,9 @@ class GaussianMixturePrior:
         """Fit to latent vectors ``z (n, D)`` with scikit-learn's EM (k-means initialization, seeded)."""
         try:
             from sklearn.mixture import GaussianMixture
-        except ImportError:  # pragma: no cover - scikit-learn comes with the prior/metrics extras
+        except ImportError as exc:  # pragma: no cover - scikit-learn comes with the prior/metrics extras
             raise InvalidInputError(
-                "fitting a latent prior needs scikit-learn: pip install 'molvae[prior]'") from None
+                "fitting a latent prior needs scikit-learn: pip install 'molvae[prior]'") from exc
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 2 or not np.isfinite(z).all():
             raise InvalidInputError(f"latent codes must be a finite (n, D) array, got shape {z.shape}")
@@ -114,8 +114,8 @@ class GaussianMixturePrior:
         """Rebuild from :meth:`to_dict` output, checking every shape and value."""
         try:
             w, m, L = data["weights"], data["means"], data["scale_tril"]
-        except (KeyError, TypeError):
-            raise CheckpointError(f"{where}: stored gmm prior lacks weights, means or scale_tril") from None
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{where}: stored gmm prior lacks weights, means or scale_tril") from exc
         if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (w, m, L)):
             raise CheckpointError(f"{where}: stored gmm prior is not made of floating-point tensors")
         k = w.shape[0] if w.ndim == 1 else -1

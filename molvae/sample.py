@@ -499,9 +499,9 @@ def _require_parquet() -> None:
     except ImportError:
         try:
             import fastparquet  # noqa: F401
-        except ImportError:
+        except ImportError as exc:
             raise InvalidInputError("parquet files need pyarrow: pip install pyarrow "
-                                    "(or write .npy or .csv instead)") from None
+                                    "(or write .npy or .csv instead)") from exc
 
 
 def save_latents(path: str | os.PathLike, z: np.ndarray, table: pd.DataFrame | None = None) -> Path:
@@ -541,7 +541,7 @@ def load_latents(path: str | os.PathLike) -> np.ndarray:
         try:
             z = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            raise InvalidInputError(f"{path}: not a readable .npy array ({exc})") from None
+            raise InvalidInputError(f"{path}: not a readable .npy array ({exc})") from exc
     elif suffix in (".csv", ".parquet"):
         if suffix == ".parquet":
             _require_parquet()
@@ -550,7 +550,7 @@ def load_latents(path: str | os.PathLike) -> np.ndarray:
             try:
                 frame = pd.read_csv(path)
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-                raise InvalidInputError(f"{path}: not a readable CSV table ({exc})") from None
+                raise InvalidInputError(f"{path}: not a readable CSV table ({exc})") from exc
         cols = [c for c in frame.columns if isinstance(c, str) and c[:1] == "z" and c[1:].isdigit()]
         cols.sort(key=lambda c: int(c[1:]))
         if not cols:

@@ -75,5 +75,5 @@ def ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], n_jobs: int, *, 
     with process_pool(n) as pool:
         try:
             yield from pool.map(fn, items)
-        except BrokenProcessPool:
-            raise crashed(what) from None
+        except BrokenProcessPool as exc:
+            raise crashed(what) from exc

@@ -91,8 +91,8 @@ def one_hot(smiles: Sequence[str]) -> torch.Tensor:
 def _load_reference_model():
     try:
         import fcd
-    except ImportError:
-        raise MolvaeError(FCD_MISSING) from None
+    except ImportError as exc:
+        raise MolvaeError(FCD_MISSING) from exc
     import warnings
 
     with warnings.catch_warnings():

@@ -239,7 +239,7 @@ class Workers:
                 for chunk, res in zip(chunks, results):
                     out.append(res)
                     (progress or bar.update)(weight(chunk))
-            except BrokenProcessPool:
+            except BrokenProcessPool as exc:
                 self._pool = None
-                raise crashed(f"computing {desc}") from None
+                raise crashed(f"computing {desc}") from exc
         return out

@@ -48,10 +48,10 @@ def _import_botorch():
     try:
         import botorch  # noqa: F401
         import gpytorch  # noqa: F401
-    except ImportError:
+    except ImportError as exc:
         raise InvalidInputError(
             "method 'bo' needs BoTorch and GPyTorch: pip install 'molvae[optimize]' "
-            "(or use --method gradient)") from None
+            "(or use --method gradient)") from exc
 
 
 class _TrustRegion:
