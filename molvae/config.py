@@ -11,13 +11,15 @@ import json
 import math
 import numbers
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import InvalidInputError
 
-__all__ = ["ModelConfig", "TrainConfig", "load_config_file", "KL_SCHEDULES", "ConfigError", "progress_wanted"]
+__all__ = ["ModelConfig", "TrainConfig", "load_config_file", "KL_SCHEDULES", "LR_SCHEDULES", "ConfigError",
+           "progress_wanted", "setting", "cli_settings", "shown_default", "field_kind"]
 
 T = TypeVar("T")
 
@@ -44,9 +46,53 @@ def progress_wanted(flag: bool | None) -> bool:
         return False
 
 
-# Field rules: (kind, low, high, low_open, high_open, optional). kind: int | float | bool | str.
-# ``low_open`` means ``value > low`` instead of ``>=``; every float must also be finite.
-_Rule = tuple
+# ----------------------------------------------------------------------------- field metadata
+#
+# Every field of the two configs carries its help text, its command-line option (if any) and the
+# check of its value in ``dataclasses.field(metadata=...)``: the one place the API, config files,
+# ``molvae train``'s options (molvae/cli/train.py builds them from here) and the README table
+# (tests/test_conventions.py compares) take them from.
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | None = None, low: float | None = None,
+            high: float | None = None, low_open: bool = False, high_open: bool = False,
+            choices: tuple[str, ...] | None = None, shown: str | None = None, default_factory: Any = None) -> Any:
+    """A config field with its metadata.
+
+    Args:
+        default: the default value.
+        help: what the setting does (one sentence, no trailing default).
+        cli: the ``molvae train`` option: ``"lr"`` for ``--lr``, ``"amp/no-amp"`` for an on/off pair;
+            ``None``: config file and Python API only.
+        low, high, low_open, high_open: the allowed range of a number (open: ``>``/``<`` instead of ``>=``/``<=``).
+        choices: the allowed strings.
+        shown: the default as the help shows it, when ``default`` alone would not say it (e.g. ``None``).
+    """
+    meta = {"help": help, "cli": cli, "range": (low, high, low_open, high_open), "choices": choices, "shown": shown}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def field_kind(f: dataclasses.Field) -> tuple[str, bool]:
+    """``(kind, optional)`` of a config field from its annotation: kind is int, float, bool, str or other."""
+    text = str(f.type).replace(" ", "")
+    parts = text.split("|")
+    optional = "None" in parts
+    kind = next((p for p in parts if p != "None"), "")
+    return (kind if kind in ("int", "float", "bool", "str") else "other"), optional
+
+
+def shown_default(f: dataclasses.Field) -> str | None:
+    """The default of ``f`` as help texts and the README show it (``None``: no default worth showing)."""
+    if f.metadata.get("shown") is not None:
+        return f.metadata["shown"]
+    value = f.default
+    if value is None or value is dataclasses.MISSING:
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def _describe(kind: str, low, high, low_open: bool, high_open: bool) -> str:
@@ -62,40 +108,50 @@ def _describe(kind: str, low, high, low_open: bool, high_open: bool) -> str:
     return what + (" " + " and ".join(parts) if parts else "")
 
 
-def _check_fields(obj: Any, rules: dict[str, _Rule]) -> None:
-    """Check (and for floats normalize to ``float``) every field named in ``rules``.
+def _check_value(cls: str, f: dataclasses.Field, value: Any) -> Any:
+    """``value`` checked against ``f``'s kind, range and choices (floats normalized to ``float``).
 
     Raises:
         ConfigError: one line naming the class, the key, what was expected and what was given.
     """
-    cls = type(obj).__name__
-    for name, (kind, low, high, low_open, high_open, optional) in rules.items():
-        value = getattr(obj, name)
-        where = f"{cls}.{name}"
-        if value is None:
-            if optional:
-                continue
-            expected = _describe(kind, low, high, low_open, high_open) if kind in ("int", "float") else f"a {kind}"
-            raise ConfigError(f"{where} must be {expected}, got None", name)
-        got = f"{value!r} ({type(value).__name__})" if isinstance(value, (str, bool)) else repr(value)
-        if kind == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where} must be true or false, got {got}", name)
-            continue
-        if kind == "str":
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"{where} must be a non-empty string, got {got}", name)
-            continue
-        expected = _describe(kind, low, high, low_open, high_open)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-                (kind == "int" and not isinstance(value, numbers.Integral)):
-            raise ConfigError(f"{where} must be {expected}, got {got}", name)
-        if not math.isfinite(float(value)):
-            raise ConfigError(f"{where} must be {expected} (finite), got {value!r}", name)
-        if (low is not None and (value <= low if low_open else value < low)) or \
-                (high is not None and (value >= high if high_open else value > high)):
-            raise ConfigError(f"{where} must be {expected}, got {value!r}", name)
-        object.__setattr__(obj, name, int(value) if kind == "int" else float(value))
+    kind, optional = field_kind(f)
+    low, high, low_open, high_open = f.metadata["range"]
+    where, name = f"{cls}.{f.name}", f.name
+    if value is None:
+        if optional:
+            return None
+        expected = _describe(kind, low, high, low_open, high_open) if kind in ("int", "float") else f"a {kind}"
+        raise ConfigError(f"{where} must be {expected}, got None", name)
+    got = f"{value!r} ({type(value).__name__})" if isinstance(value, (str, bool)) else repr(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {got}", name)
+        return value
+    if kind == "str":
+        choices = f.metadata["choices"]
+        if choices and value not in choices:
+            raise ConfigError(f"{where} must be one of {choices}, got {value!r}", name)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a non-empty string, got {got}", name)
+        return value
+    expected = _describe(kind, low, high, low_open, high_open)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            (kind == "int" and not isinstance(value, numbers.Integral)):
+        raise ConfigError(f"{where} must be {expected}, got {got}", name)
+    if not math.isfinite(float(value)):
+        raise ConfigError(f"{where} must be {expected} (finite), got {value!r}", name)
+    if (low is not None and (value <= low if low_open else value < low)) or \
+            (high is not None and (value >= high if high_open else value > high)):
+        raise ConfigError(f"{where} must be {expected}, got {value!r}", name)
+    return int(value) if kind == "int" else float(value)
+
+
+def _check_fields(obj: Any) -> None:
+    """Check every int, float, bool and str field of ``obj`` (choices first, as the messages always did)."""
+    fields = sorted(dataclasses.fields(obj), key=lambda f: f.metadata.get("choices") is None)
+    for f in fields:
+        if "range" in f.metadata and field_kind(f)[0] != "other":
+            object.__setattr__(obj, f.name, _check_value(type(obj).__name__, f, getattr(obj, f.name)))
 
 
 class _ConfigMixin:
@@ -103,9 +159,13 @@ class _ConfigMixin:
         out = dataclasses.asdict(self)  # type: ignore[arg-type]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
+    #: Old key -> current field name; old model files and config files keep loading.
+    _RENAMED: dict[str, str] = {}
+
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        data = _renamed(cls, data)
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise InvalidInputError(
@@ -119,6 +179,20 @@ class _ConfigMixin:
 
     def replace(self: T, **changes: Any) -> T:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _renamed(cls, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with keys renamed since older versions (``TrainConfig.max_len`` -> ``max_selfies_tokens``)."""
+    renamed = getattr(cls, "_RENAMED", {})
+    if not any(k in data for k in renamed):
+        return data
+    out = {}
+    for k, v in data.items():
+        new = renamed.get(k, k)
+        if new != k and new in data:
+            raise InvalidInputError(f"{cls.__name__}: give {new} only ({k} is its old name)")
+        out[new] = v
+    return out
 
 
 @dataclass(frozen=True)
@@ -140,20 +214,23 @@ class ModelConfig(_ConfigMixin):
     measured (encoder 128, decoder 256) gain under 1.5× speed.
     """
 
-    embedding_dim: int = 64
-    hidden_dim: int = 256            # encoder GRU hidden size (per direction)
-    encoder_layers: int = 1
-    bidirectional: bool = True
-    decoder_hidden_dim: int = 384
-    decoder_layers: int = 1
-    latent_dim: int = 64
-    dropout: float = 0.0             # between stacked GRU layers
-    property_names: tuple[str, ...] = ()   # targets of the optional property head
-    property_hidden_dim: int = 64
-    max_len: int = 128               # longest decoded sequence in tokens (set from the data at training)
+    embedding_dim: int = setting(64, "Token embedding size", cli="embedding-dim", low=1)
+    hidden_dim: int = setting(256, "Encoder GRU size (per direction)", cli="hidden-dim", low=1)
+    encoder_layers: int = setting(1, "Encoder GRU layers", cli="encoder-layers", low=1)
+    bidirectional: bool = setting(True, "Encoder direction", cli="bidirectional/unidirectional",
+                                  shown="bidirectional")
+    decoder_hidden_dim: int = setting(384, "Decoder GRU size", cli="decoder-hidden-dim", low=1)
+    decoder_layers: int = setting(1, "Decoder GRU layers", cli="decoder-layers", low=1)
+    latent_dim: int = setting(64, "Latent dimensions", cli="latent-dim", low=1)
+    dropout: float = setting(0.0, "Dropout between stacked GRU layers", cli="dropout", low=0.0, high=1.0,
+                             high_open=True)
+    property_names: tuple[str, ...] = setting((), "Targets of the optional property head (molvae train --property)")
+    property_hidden_dim: int = setting(64, "Hidden size of the property head", low=1)
+    max_len: int = setting(128, "Longest decoded sequence in tokens, <eos> included (set from the data at "
+                           "training; not TrainConfig.max_selfies_tokens)", low=1)
 
     def __post_init__(self) -> None:
-        _check_fields(self, _MODEL_RULES)
+        _check_fields(self)
         names = self.property_names
         if isinstance(names, list):
             object.__setattr__(self, "property_names", names := tuple(names))
@@ -165,113 +242,98 @@ class ModelConfig(_ConfigMixin):
 class TrainConfig(_ConfigMixin):
     """Everything about one training run except the model's sizes."""
 
-    epochs: int = 30
-    batch_size: int = 256            # per process under torchrun; 256 keeps CPU matrix products efficient
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"    # constant | cosine (to lr_final_ratio·lr over the run's epochs or --max-time)
-    lr_final_ratio: float = 0.1      # cosine: the learning rate at the end of the run, relative to learning_rate
-    seed: int = 0
-    val_fraction: float = 0.1
-    max_len: int | None = None       # SELFIES tokens; longer molecules are rejected
-    largest_fragment: bool = True
-    kl_schedule: str = "linear"      # constant | linear | sigmoid | cyclical
-    kl_weight: float = 1.0           # β_max
-    kl_warmup_epochs: float = 10.0   # linear/sigmoid: epochs to reach β_max; cyclical: epochs per cycle
-    kl_cycle_ratio: float = 0.5      # cyclical: fraction of each cycle spent increasing β (Fu et al. 2019)
-    free_bits: float = 0.0           # per-dimension KL floor in nats
-    word_dropout: float = 0.0        # probability of replacing a decoder input token by <unk>
-    grad_clip: float = 5.0
-    device: str = "auto"             # auto | cpu | cuda | cuda:N
-    amp: bool = True                 # mixed precision on CUDA (bf16, or fp16 with a grad scaler)
-    cpu_amp: bool | None = None      # bf16 autocast on the CPU (None = with AMX, or AMD with AVX-512 BF16)
-    compile: bool = False            # torch.compile the training step's model
-    early_stopping: int | None = None  # patience in epochs on validation ELBO
-    checkpoint_every: int = 0        # steps between resumable checkpoints (0 = each epoch only)
-    recon_eval_size: int = 500       # validation molecules decoded for reconstruction accuracy
-    property_weight: float = 1.0     # weight of the property head's loss
-    num_threads: int | None = None   # CPU threads for torch (None = torch's default)
-    max_time_minutes: float | None = None  # stop (after validating and saving) once training took this long
-    max_bad_steps: int = 20          # consecutive non-finite steps before the run stops
-    show_progress: bool | None = None  # progress bar on stderr (None: only when stderr is a terminal)
-    extra: dict = field(default_factory=dict)  # free-form notes recorded with the run
+    _RENAMED = {"max_len": "max_selfies_tokens"}  # before 0.x: max_len, confused with ModelConfig.max_len
+
+    epochs: int = setting(30, "Epochs", cli="epochs", low=1)
+    # 256 keeps CPU matrix products efficient
+    batch_size: int = setting(256, "Molecules per step (per process under torchrun)", cli="batch-size", low=1)
+    learning_rate: float = setting(1e-3, "Adam learning rate", cli="lr", low=0.0, low_open=True)
+    lr_schedule: str = setting("constant", "Learning rate over the run: constant, or cosine down to --lr-final-ratio "
+                               "× --lr by the last epoch or --max-time", cli="lr-schedule", choices=LR_SCHEDULES)
+    lr_final_ratio: float = setting(0.1, "cosine: final learning rate relative to --lr", cli="lr-final-ratio",
+                                    low=0.0, high=1.0)
+    # numpy's seeded generators take non-negative seeds only
+    seed: int = setting(0, "Random seed", cli="seed", low=0, high=2**63 - 1)
+    val_fraction: float = setting(0.1, "Validation share", cli="val-fraction", low=0.0, high=1.0, high_open=True)
+    max_selfies_tokens: int | None = setting(None, "Reject molecules with more SELFIES tokens", cli="max-len", low=1,
+                                             shown="no limit")
+    largest_fragment: bool = setting(True, "Keep only the largest fragment of salts and mixtures; --all-fragments "
+                                     "rejects them", cli="largest-fragment/all-fragments")
+    kl_schedule: str = setting("linear", "β annealing: constant, linear, sigmoid or cyclical", cli="kl-schedule",
+                               choices=KL_SCHEDULES)
+    kl_weight: float = setting(1.0, "β_max", cli="kl-weight", low=0.0)
+    kl_warmup_epochs: float = setting(10.0, "Epochs to reach β_max (linear, sigmoid), or cycle length (cyclical)",
+                                      cli="kl-warmup", low=0.0)
+    kl_cycle_ratio: float = setting(0.5, "cyclical: fraction of each cycle spent increasing β (Fu et al. 2019)",
+                                    low=0.0, high=1.0, low_open=True)
+    free_bits: float = setting(0.0, "Per-dimension KL floor in nats", cli="free-bits", low=0.0)
+    word_dropout: float = setting(0.0, "Decoder input dropout rate (input tokens replaced by <unk>)",
+                                  cli="word-dropout", low=0.0, high=1.0, high_open=True)
+    # a negative clip norm flips every gradient's sign
+    grad_clip: float = setting(5.0, "Gradient norm clip (> 0)", cli="grad-clip", low=0.0, low_open=True)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", cli="device")
+    amp: bool = setting(True, "Mixed precision on CUDA (bf16, or fp16 with a gradient scaler)", cli="amp/no-amp")
+    cpu_amp: bool | None = setting(None, "bf16 autocast on the CPU", cli="cpu-amp/no-cpu-amp",
+                                   shown="auto: on with AMX (amx_bf16), or on an AMD CPU with AVX-512 BF16 "
+                                         "(avx512_bf16); off on Intel AVX-512 BF16 without AMX")
+    compile: bool = setting(False, "torch.compile the model", cli="compile")
+    early_stopping: int | None = setting(None, "Stop after N epochs without improvement of the validation loss",
+                                         cli="early-stopping", low=1, shown="off")
+    checkpoint_every: int = setting(0, "Also checkpoint every N steps (0 = at the end of each epoch only)",
+                                    cli="checkpoint-every", low=0)
+    recon_eval_size: int = setting(500, "Validation molecules decoded for reconstruction accuracy", low=0)
+    property_weight: float = setting(1.0, "Weight of the property head's loss", low=0.0)
+    num_threads: int | None = setting(None, "CPU threads for torch", cli="threads", low=1, shown="torch's default")
+    max_time_minutes: float | None = setting(None, "Stop after this many minutes of training (validates and saves "
+                                             "first)", cli="max-time", low=0.0, low_open=True, shown="no limit")
+    max_bad_steps: int = setting(20, "Stop after this many consecutive non-finite steps", cli="max-bad-steps", low=1)
+    show_progress: bool | None = setting(None, "Progress bar on stderr (None: only when stderr is a terminal)")
+    extra: dict = setting(help="Free-form notes recorded with the run", default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kl_schedule not in KL_SCHEDULES:
-            raise ConfigError(f"TrainConfig.kl_schedule must be one of {KL_SCHEDULES}, got {self.kl_schedule!r}",
-                              "kl_schedule")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
-                              "lr_schedule")
-        _check_fields(self, _TRAIN_RULES)
+        _check_fields(self)
         if not isinstance(self.extra, dict):
             raise ConfigError(f"TrainConfig.extra must be a table, got {self.extra!r}", "extra")
 
 
-_INT = "int"
-_FLOAT = "float"
-# name: (kind, low, high, low_open, high_open, optional)
-_MODEL_RULES: dict[str, _Rule] = {
-    **{name: (_INT, 1, None, False, False, False)
-       for name in ("embedding_dim", "hidden_dim", "encoder_layers", "decoder_hidden_dim", "decoder_layers",
-                    "latent_dim", "property_hidden_dim", "max_len")},
-    "bidirectional": ("bool", None, None, False, False, False),
-    "dropout": (_FLOAT, 0.0, 1.0, False, True, False),
-}
-_TRAIN_RULES: dict[str, _Rule] = {
-    "epochs": (_INT, 1, None, False, False, False),
-    "batch_size": (_INT, 1, None, False, False, False),
-    "learning_rate": (_FLOAT, 0.0, None, True, False, False),
-    "lr_final_ratio": (_FLOAT, 0.0, 1.0, False, False, False),
-    # numpy's seeded generators take non-negative seeds only
-    "seed": (_INT, 0, 2**63 - 1, False, False, False),
-    "val_fraction": (_FLOAT, 0.0, 1.0, False, True, False),
-    "max_len": (_INT, 1, None, False, False, True),
-    "largest_fragment": ("bool", None, None, False, False, False),
-    "kl_weight": (_FLOAT, 0.0, None, False, False, False),
-    "kl_warmup_epochs": (_FLOAT, 0.0, None, False, False, False),
-    "kl_cycle_ratio": (_FLOAT, 0.0, 1.0, True, False, False),
-    "free_bits": (_FLOAT, 0.0, None, False, False, False),
-    "word_dropout": (_FLOAT, 0.0, 1.0, False, True, False),
-    # a negative clip norm flips every gradient's sign
-    "grad_clip": (_FLOAT, 0.0, None, True, False, False),
-    "device": ("str", None, None, False, False, False),
-    "amp": ("bool", None, None, False, False, False),
-    "cpu_amp": ("bool", None, None, False, False, True),
-    "compile": ("bool", None, None, False, False, False),
-    "early_stopping": (_INT, 1, None, False, False, True),
-    "checkpoint_every": (_INT, 0, None, False, False, False),
-    "recon_eval_size": (_INT, 0, None, False, False, False),
-    "property_weight": (_FLOAT, 0.0, None, False, False, False),
-    "num_threads": (_INT, 1, None, False, False, True),
-    "max_time_minutes": (_FLOAT, 0.0, None, True, False, True),
-    "max_bad_steps": (_INT, 1, None, False, False, False),
-    "show_progress": ("bool", None, None, False, False, True),
-}
+def _toml_module():
+    """``tomllib`` (Python 3.11+) or, on 3.10, ``tomli`` (the same parser, a dependency there).
+
+    Raises:
+        InvalidInputError: neither is installed (says which to install, not that the file is bad).
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError as exc:
+            raise InvalidInputError("reading TOML needs Python 3.11+ or the tomli package (pip install tomli); "
+                                    "or give the settings as JSON") from exc
+    return tomllib
 
 
 def read_json_or_toml(path: str | Path, what: str) -> Any:
-    """Parse a ``.toml`` file with tomllib, anything else as JSON.
+    """Parse a ``.toml`` file with tomllib (tomli on Python 3.10), anything else as JSON.
 
     Raises:
         InvalidInputError: the text does not parse; the message names ``what`` and the file.
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
+    toml = _toml_module() if path.suffix.lower() == ".toml" else None
     try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            return tomllib.loads(text)
-        return json.loads(text)
+        return toml.loads(text) if toml is not None else json.loads(text)
     except Exception as exc:
-        raise InvalidInputError(f"{what} {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+        raise InvalidInputError(f"{what} {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
 
 
 def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a ``.json`` or ``.toml`` file with optional ``model`` and ``train`` tables.
 
     Top-level keys that are not tables are taken as train settings if TrainConfig
-    has them, else as model settings.
+    has them, else as model settings. Old names (``max_len`` for ``max_selfies_tokens``)
+    still load, with a warning.
     """
     path = Path(path)
     if not path.is_file():
@@ -281,13 +343,25 @@ def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
         raise InvalidInputError(f"config file {path} must hold a table/object, got {type(data).__name__}")
     model = dict(data.pop("model", {}) or {})
     train = dict(data.pop("train", {}) or {})
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    renamed = TrainConfig._RENAMED
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)} | set(renamed)
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     for k, v in data.items():
-        if k in train_keys:
+        if k in train_keys:  # before model keys: a top-level max_len always meant the training limit
             train[k] = v
         elif k in model_keys:
             model[k] = v
         else:
             raise InvalidInputError(f"config file {path}: unknown key {k!r}")
+    for old, new in renamed.items():
+        if old in train:
+            # FutureWarning, not DeprecationWarning: it is meant for the file's author, who sees it by default.
+            warnings.warn(f"config file {path}: {old!r} is now called {new!r} (the old name still works for now)",
+                          FutureWarning, stacklevel=2)
     return {"model": model, "train": train}
+
+
+def cli_settings() -> list[tuple[str, dataclasses.Field]]:
+    """``(table, field)`` of every setting with a ``molvae train`` option, model settings after train settings."""
+    return [(table, f) for table, cls in (("train", TrainConfig), ("model", ModelConfig))
+            for f in dataclasses.fields(cls) if f.metadata.get("cli")]

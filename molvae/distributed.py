@@ -83,12 +83,6 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu().tolist()
 
-    def any(self, flag: bool, device: torch.device | None = None) -> bool:
-        """True on every rank when ``flag`` is true on at least one (keeps decisions to stop in step)."""
-        if not self.enabled:
-            return bool(flag)
-        return self.all_reduce_sum([1.0 if flag else 0.0], device)[0] > 0
-
     def close(self) -> None:
         if self.owns_group:
             import torch.distributed as dist

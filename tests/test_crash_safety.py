@@ -105,29 +105,40 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, small_csv):
 
 
 @pytest.mark.slow
-def test_resume_from_every_checkpoint_position(tmp_path, small_csv):
-    """In-process: resuming from a mid-epoch and an epoch-end checkpoint both reproduce the full run."""
+def test_resume_from_every_checkpoint_position(tmp_path, small_csv, monkeypatch):
+    """In-process: the run folder as it was after each kind of checkpoint (early and late in an epoch, at the
+    last step before validation, at an epoch's end, mid-way through the last epoch) resumes to the full run."""
+    import shutil
+
+    from molvae.training.trainer import Trainer
+
     torch.set_num_threads(1)
     cfg = tiny_train_config(epochs=2, batch_size=16, checkpoint_every=4, word_dropout=0.1, seed=3)
-    full = train(small_csv, tmp_path / "full", model_config=TINY_MODEL, train_config=cfg, runs_dir=tmp_path)
-    # Copy a mid-run checkpoint aside by stopping at a time limit is not deterministic; instead stop by
-    # raising from the epoch callback after epoch 1 (the epoch-end checkpoint is written after it).
-    part = tmp_path / "part"
+    full_dir = tmp_path / "full"
+    # 180 training molecules in batches of 16: 12 steps per epoch, checkpoints every 4 steps and at each end
+    wanted = {(0, 4), (0, 8), (0, 12), (1, 0), (1, 8)}
+    snapshots: dict[tuple[int, int], Path] = {}
+    save = Trainer.save
 
-    class Stop(Exception):
-        pass
+    def save_and_copy_the_folder(self, epoch, batch):
+        save(self, epoch, batch)
+        if self.run == full_dir and (epoch, batch) in wanted:  # the folder as a kill right now would leave it
+            snapshots[epoch, batch] = Path(shutil.copytree(
+                full_dir, tmp_path / f"at-{epoch}-{batch}", ignore=shutil.ignore_patterns(".molvae.lock")))
 
-    def stop_after_first(row):
-        raise Stop
-
-    with pytest.raises(Stop):
-        train(small_csv, part, model_config=TINY_MODEL, train_config=cfg, runs_dir=tmp_path, on_epoch=stop_after_first)
-    state = load_checkpoint(part / "checkpoint.pt")["training_state"]
-    assert (state["epoch"], state["batch"]) == (0, 12)  # written at the last step of epoch 1, before validation
-    resumed = train(resume=part)
-    for k, v in full.model.net.state_dict().items():
-        assert torch.equal(v, resumed.model.net.state_dict()[k]), k
-    pd.testing.assert_frame_equal(_history(full.run_dir), _history(part), check_exact=True)
+    monkeypatch.setattr(Trainer, "save", save_and_copy_the_folder)
+    full = train(small_csv, full_dir, model_config=TINY_MODEL, train_config=cfg, runs_dir=tmp_path)
+    assert set(snapshots) == wanted
+    for (epoch, batch), part in sorted(snapshots.items()):
+        state = load_checkpoint(part / "checkpoint.pt")["training_state"]
+        assert (state["epoch"], state["batch"]) == (epoch, batch)
+        assert (state["epoch_sums"] is None) == (batch == 0)
+        resumed = train(resume=part, runs_dir=tmp_path)
+        for k, v in full.model.net.state_dict().items():
+            assert torch.equal(v, resumed.model.net.state_dict()[k]), (epoch, batch, k)
+        _assert_same_weights(full_dir / "checkpoint.pt", part / "checkpoint.pt")
+        _assert_same_weights(full_dir / "model.pt", part / "model.pt")
+        pd.testing.assert_frame_equal(_history(full_dir), _history(part), check_exact=True)
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def describe_model(name: str, path: Path) -> dict[str, Any]:
         CheckpointError: the file is not a loadable molvae model file.
     """
     from ..checkpoint import load_checkpoint
-    from ..train import best_epoch
+    from ..diagnostics import best_epoch
 
     data = load_checkpoint(path)
     meta = dict(data.get("metadata") or {})

@@ -2,32 +2,48 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 
 import click
 
-from ..config import KL_SCHEDULES, LR_SCHEDULES, ConfigError, ModelConfig, TrainConfig, load_config_file
+from ..config import ConfigError, ModelConfig, TrainConfig, cli_settings, field_kind, load_config_file, shown_default
 from ..errors import InvalidInputError
 from . import main
 
-# CLI option name -> (config table, field)
-_MAP = {
-    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
-    "lr_schedule": ("train", "lr_schedule"), "lr_final_ratio": ("train", "lr_final_ratio"),
-    "seed": ("train", "seed"), "val_fraction": ("train", "val_fraction"), "max_len": ("train", "max_len"),
-    "largest_fragment": ("train", "largest_fragment"), "kl_schedule": ("train", "kl_schedule"),
-    "kl_weight": ("train", "kl_weight"), "kl_warmup": ("train", "kl_warmup_epochs"),
-    "free_bits": ("train", "free_bits"), "word_dropout": ("train", "word_dropout"),
-    "grad_clip": ("train", "grad_clip"), "device": ("train", "device"), "amp": ("train", "amp"),
-    "cpu_amp": ("train", "cpu_amp"), "compile": ("train", "compile"),
-    "early_stopping": ("train", "early_stopping"), "checkpoint_every": ("train", "checkpoint_every"),
-    "max_bad_steps": ("train", "max_bad_steps"),
-    "threads": ("train", "num_threads"), "max_time": ("train", "max_time_minutes"),
-    "embedding_dim": ("model", "embedding_dim"), "hidden_dim": ("model", "hidden_dim"),
-    "encoder_layers": ("model", "encoder_layers"), "bidirectional": ("model", "bidirectional"),
-    "decoder_hidden_dim": ("model", "decoder_hidden_dim"), "decoder_layers": ("model", "decoder_layers"),
-    "latent_dim": ("model", "latent_dim"), "dropout": ("model", "dropout"),
-}
+
+def _option_for(table: str, f: dataclasses.Field) -> tuple[str, Callable]:
+    """``(parameter name, click decorator)`` of the option of config field ``f`` (from its metadata)."""
+    cli = f.metadata["cli"]
+    kind, _ = field_kind(f)
+    default = shown_default(f)
+    text = f.metadata["help"] + (f" [{default}]." if default is not None else ".")
+    name = cli.split("/")[0].replace("-", "_")
+    if "/" in cli:
+        on, off = cli.split("/")
+        return name, click.option(f"--{on}/--{off}", name, default=None, help=text)
+    if kind == "bool":
+        return name, click.option(f"--{cli}", name, is_flag=True, default=None, help=text)
+    choices = f.metadata.get("choices")
+    type_ = click.Choice(choices) if choices else {"int": int, "float": float}.get(kind, str)
+    return name, click.option(f"--{cli}", name, type=type_, help=text)
+
+
+#: CLI parameter name -> (config table, field), built from the config fields' metadata.
+_MAP: dict[str, tuple[str, str]] = {}
+_DECORATORS = []
+for _table, _field in cli_settings():
+    _name, _decorator = _option_for(_table, _field)
+    _MAP[_name] = (_table, _field.name)
+    _DECORATORS.append(_decorator)
+
+
+def _config_options(func: Callable) -> Callable:
+    """Add one option per config setting that has one (``TrainConfig`` then ``ModelConfig`` field order)."""
+    for decorator in reversed(_DECORATORS):
+        func = decorator(func)
+    return func
 
 
 def _config_error(exc: ConfigError, opts: dict, config_file: str | None):
@@ -36,9 +52,9 @@ def _config_error(exc: ConfigError, opts: dict, config_file: str | None):
     table = "model" if str(exc).startswith("ModelConfig.") else "train"
     for name, (t, field) in _MAP.items():
         if (t, field) == (table, exc.key) and opts.get(name) is not None:
-            raise click.BadParameter(str(exc), param_hint=f"--{name.replace('_', '-')}") from None
+            raise click.BadParameter(str(exc), param_hint=f"--{name.replace('_', '-')}") from exc
     if config_file:
-        raise InvalidInputError(f"config file {config_file}: {exc}") from None
+        raise InvalidInputError(f"config file {config_file}: {exc}") from exc
     raise exc
 
 
@@ -53,51 +69,13 @@ def _config_error(exc: ConfigError, opts: dict, config_file: str | None):
 @click.option("--smiles-column", help="Name of the SMILES column (default: 'smiles' in any case, or the only column).")
 @click.option("--property", "properties", multiple=True,
               help="CSV column for the property head (repeatable); missing values are masked.")
-@click.option("--epochs", type=int, help=f"Epochs [{TrainConfig.epochs}].")
-@click.option("--batch-size", type=int, help=f"Molecules per step [{TrainConfig.batch_size}].")
-@click.option("--lr", type=float, help=f"Adam learning rate [{TrainConfig.learning_rate}].")
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
-              help=f"Learning rate over the run: constant, or cosine down to --lr-final-ratio × --lr by the last "
-                   f"epoch or --max-time [{TrainConfig.lr_schedule}].")
-@click.option("--lr-final-ratio", type=float,
-              help=f"cosine: final learning rate relative to --lr [{TrainConfig.lr_final_ratio}].")
-@click.option("--seed", type=int, help=f"Random seed [{TrainConfig.seed}].")
-@click.option("--val-fraction", type=float, help=f"Validation share [{TrainConfig.val_fraction}].")
-@click.option("--max-len", type=int, help="Reject molecules with more SELFIES tokens.")
-@click.option("--largest-fragment/--all-fragments", default=None,
-              help="Keep only the largest fragment of salts and mixtures [on]; --all-fragments rejects them.")
-@click.option("--kl-schedule", type=click.Choice(KL_SCHEDULES), help=f"β annealing [{TrainConfig.kl_schedule}].")
-@click.option("--kl-weight", type=float, help=f"β_max [{TrainConfig.kl_weight}].")
-@click.option("--kl-warmup", type=float, help=f"Epochs to reach β_max, or cycle length [{TrainConfig.kl_warmup_epochs}].")
-@click.option("--free-bits", type=float, help="Per-dimension KL floor in nats [0].")
-@click.option("--word-dropout", type=float, help="Decoder input dropout rate [0].")
-@click.option("--grad-clip", type=float, help=f"Gradient norm clip [{TrainConfig.grad_clip}].")
-@click.option("--early-stopping", type=int, help="Stop after N epochs without improvement.")
-@click.option("--checkpoint-every", type=int, help="Also checkpoint every N steps.")
-@click.option("--max-bad-steps", type=int,
-              help=f"Stop after this many consecutive non-finite steps [{TrainConfig.max_bad_steps}].")
-@click.option("--embedding-dim", type=int, help=f"[{ModelConfig.embedding_dim}]")
-@click.option("--hidden-dim", type=int, help=f"Encoder GRU size [{ModelConfig.hidden_dim}].")
-@click.option("--encoder-layers", type=int, help=f"[{ModelConfig.encoder_layers}]")
-@click.option("--bidirectional/--unidirectional", default=None, help="Encoder direction [bidirectional].")
-@click.option("--decoder-hidden-dim", type=int, help=f"[{ModelConfig.decoder_hidden_dim}]")
-@click.option("--decoder-layers", type=int, help=f"[{ModelConfig.decoder_layers}]")
-@click.option("--latent-dim", type=int, help=f"[{ModelConfig.latent_dim}]")
-@click.option("--dropout", type=float, help="Dropout between stacked GRU layers [0].")
-@click.option("--device", help="auto | cpu | cuda | cuda:N [auto].")
-@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA [on].")
-@click.option("--cpu-amp/--no-cpu-amp", default=None,
-              help="bf16 autocast on the CPU [on with AMX, or AMD with AVX-512 BF16].")
-@click.option("--compile", "compile", is_flag=True, default=None, help="torch.compile the model [off].")
 @click.option("--cache/--no-cache", "use_cache", default=True, show_default=True,
               help="Reuse preprocessed data from the cache ($MOLVAE_CACHE_DIR, default ~/.cache/molvae).")
-@click.option("--max-time", type=float,
-              help="Stop after this many minutes of training (validates and saves first).")
-@click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option("--n-jobs", type=int, default=0, show_default=True, help="Processes for preprocessing (0 = all cores).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Where default run folders and the LATEST pointer go.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
+@_config_options
 def train_cmd(data, out, config_file, resume, overwrite, smiles_column, properties, n_jobs, runs_dir, progress,
               use_cache, **opts):
     """Clean DATA (csv, csv.gz, smi, txt or sdf of SMILES; `-` for stdin), build the vocabulary and train a VAE.

@@ -32,7 +32,7 @@ def model_metrics(model, smiles: Sequence[str], *, n: int = 1000, seed: int = 0,
     """
     from ..data import prepare
     from ..model import kl_divergence
-    from ..train import active_units, latent_means, reconstruction_accuracy
+    from ..diagnostics import active_units, greedy_reconstruction_rate, latent_means
 
     smiles = list(smiles)
     rng = np.random.default_rng(seed)
@@ -57,7 +57,7 @@ def model_metrics(model, smiles: Sequence[str], *, n: int = 1000, seed: int = 0,
             batch = prepared.tokens.batch(indices[s:s + batch_size], model.vocab.eos_id, model.vocab.pad_id)
             m, logvar = net.encode(batch.tokens.to(model.device), batch.lengths)
             kl_total += float(kl_divergence(m.float(), logvar.float()).sum())
-        accuracy = reconstruction_accuracy(model, prepared.smiles, prepared.tokens, indices, batch_size)
+        accuracy = greedy_reconstruction_rate(model, prepared.smiles, prepared.tokens, indices, batch_size)
     finally:
         net.train(was_training)
     out["reconstruction"] = None if math.isnan(accuracy) else float(accuracy)
