@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import selfies as sf
 from rdkit import Chem, DataStructs
-from rdkit.Chem import Descriptors, QED, rdFingerprintGenerator, rdMolDescriptors
+from rdkit.Chem import Descriptors, QED, rdFingerprintGenerator
 from rdkit.Chem.MolStandardize import rdMolStandardize
 from rdkit.rdBase import BlockLogs
 
@@ -44,6 +43,9 @@ __all__ = [
     "molecular_weight",
     "heavy_atoms",
     "largest_ring_size",
+    "ring_sizes",
+    "largest_ring",
+    "synthetic_accessibility",
     "PROPERTY_FUNCTIONS",
     "compute_properties",
     "morgan_fingerprint",
@@ -284,6 +286,21 @@ def _sascorer():
     return sascorer
 
 
+def synthetic_accessibility(mol: Chem.Mol) -> float:
+    """SA score of an RDKit molecule (raises where RDKit fails; :func:`sa_score` is the NaN-safe one)."""
+    return _sascorer().calculateScore(mol)
+
+
+def ring_sizes(mol: Chem.Mol) -> list[int]:
+    """Atom count of each ring of the smallest set of smallest rings."""
+    return [len(r) for r in mol.GetRingInfo().AtomRings()]
+
+
+def largest_ring(mol: Chem.Mol) -> int:
+    """Size of the largest ring of an RDKit molecule (0 for an acyclic one)."""
+    return max(ring_sizes(mol), default=0)
+
+
 @_guard
 def qed(mol: Chem.Mol) -> float:
     """Quantitative estimate of drug-likeness (Bickerton et al. 2012), 0..1."""
@@ -299,7 +316,7 @@ def logp(mol: Chem.Mol) -> float:
 @_guard
 def sa_score(mol: Chem.Mol) -> float:
     """Synthetic accessibility (Ertl & Schuffenhauer 2009), 1 (easy) .. 10 (hard)."""
-    return _sascorer().calculateScore(mol)
+    return synthetic_accessibility(mol)
 
 
 @_guard
@@ -317,8 +334,7 @@ def heavy_atoms(mol: Chem.Mol) -> float:
 @_guard
 def largest_ring_size(mol: Chem.Mol) -> float:
     """Size of the largest ring (0 for an acyclic molecule)."""
-    rings = mol.GetRingInfo().AtomRings()
-    return max((len(r) for r in rings), default=0)
+    return largest_ring(mol)
 
 
 @_guard
@@ -329,9 +345,7 @@ def penalized_logp(mol: Chem.Mol) -> float:
     reported since You et al. 2018, MolDQN and most later work (no z-scoring by
     ZINC250k statistics).
     """
-    rings = mol.GetRingInfo().AtomRings()
-    largest = max((len(r) for r in rings), default=0)
-    return Descriptors.MolLogP(mol) - _sascorer().calculateScore(mol) - max(largest - 6, 0)
+    return Descriptors.MolLogP(mol) - synthetic_accessibility(mol) - max(largest_ring(mol) - 6, 0)
 
 
 PROPERTY_FUNCTIONS = {

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from rdkit import Chem, DataStructs
-from rdkit.Chem import Descriptors, QED
+from rdkit.Chem import Descriptors
 
 from . import chem
 from .config import read_json_or_toml
@@ -54,26 +54,24 @@ _ZINC_NEG_SA = (-3.0525811293166134, 0.8335207024513095)
 _ZINC_NEG_CYCLE = (-0.0485696876403053, 0.2860212110245455)
 
 
-def _largest_ring(mol: Chem.Mol) -> int:
-    return max((len(r) for r in mol.GetRingInfo().AtomRings()), default=0)
-
-
 def plogp_zinc(mol: Chem.Mol) -> float:
     """JT-VAE's normalized penalized logP: the sum of z-scored logP, −SA and −ring penalty."""
     logp = Descriptors.MolLogP(mol)
-    neg_sa = -chem._sascorer().calculateScore(mol)
-    neg_cycle = -max(_largest_ring(mol) - 6, 0)
+    neg_sa = -chem.synthetic_accessibility(mol)
+    neg_cycle = -max(chem.largest_ring(mol) - 6, 0)
     return ((logp - _ZINC_LOGP[0]) / _ZINC_LOGP[1] + (neg_sa - _ZINC_NEG_SA[0]) / _ZINC_NEG_SA[1]
             + (neg_cycle - _ZINC_NEG_CYCLE[0]) / _ZINC_NEG_CYCLE[1])
 
 
-#: Per-molecule built-in objectives: name -> function of an RDKit molecule.
+#: Per-molecule built-in objectives: name -> function of an RDKit molecule. The molecular properties
+#: are chem's own (:data:`molvae.chem.PROPERTY_FUNCTIONS`: NaN where RDKit fails), so an objective and
+#: a property column of the same name are one computation.
 BUILTIN_OBJECTIVES: dict[str, Callable[[Chem.Mol], float]] = {
-    "qed": QED.qed,
-    "logp": Descriptors.MolLogP,
-    "plogp": chem.penalized_logp,
+    "qed": chem.PROPERTY_FUNCTIONS["qed"],
+    "logp": chem.PROPERTY_FUNCTIONS["logp"],
+    "plogp": chem.PROPERTY_FUNCTIONS["plogp"],
     "plogp_zinc": plogp_zinc,
-    "sa": lambda mol: chem._sascorer().calculateScore(mol),
+    "sa": chem.PROPERTY_FUNCTIONS["sa"],
 }
 
 
@@ -104,13 +102,13 @@ class Guards:
                 return f"{radicals} unpaired electron{'s' if radicals > 1 else ''} (radical)"
         if self.max_heavy_atoms is not None and mol.GetNumHeavyAtoms() > self.max_heavy_atoms:
             return f"{mol.GetNumHeavyAtoms()} heavy atoms > {self.max_heavy_atoms}"
-        rings = [len(r) for r in mol.GetRingInfo().AtomRings()]
+        rings = chem.ring_sizes(mol)
         if self.max_ring_size is not None and rings and max(rings) > self.max_ring_size:
             return f"{max(rings)}-membered ring > {self.max_ring_size}"
         if self.min_ring_size is not None and rings and min(rings) < self.min_ring_size:
             return f"{min(rings)}-membered ring < {self.min_ring_size}"
         if self.max_sa is not None:
-            sa = chem._sascorer().calculateScore(mol)
+            sa = chem.synthetic_accessibility(mol)
             if sa > self.max_sa:
                 return f"SA {sa:.2f} > {self.max_sa}"
         return None

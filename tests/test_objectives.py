@@ -161,3 +161,32 @@ def test_head_weights():
     assert list(parse_objective("plogp-0.5*qed").head_weights(["qed", "plogp"])) == [-0.5, 1.0]
     assert parse_objective("qed+similarity:CCO").head_weights(["qed"]) is None
     assert parse_objective("qed").head_weights([]) is None
+
+
+def test_builtin_objectives_are_chems_property_functions():
+    from molvae import chem
+    from molvae.objectives import BUILTIN_OBJECTIVES
+
+    for name in ("qed", "logp", "plogp", "sa"):
+        assert BUILTIN_OBJECTIVES[name] is chem.PROPERTY_FUNCTIONS[name], name
+
+
+def test_ring_size_and_sa_score_are_computed_in_chem_only():
+    from pathlib import Path
+
+    from rdkit import Chem
+
+    from molvae import chem
+    from molvae.metrics.filters import filter_failure
+
+    package = Path(chem.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name == "chem.py" and path.parent == package:
+            continue
+        text = path.read_text()
+        assert "_sascorer" not in text and "AtomRings()" not in text, path
+    assert [chem.largest_ring(Chem.MolFromSmiles(s)) for s in ("CCO", "c1ccccc1", "C1CCCCCCC1")] == [0, 6, 8]
+    assert chem.largest_ring_size("C1CCCCCCC1") == 8.0
+    assert filter_failure(Chem.MolFromSmiles("C1CCCCCCC1")) == "ring of 8 or more atoms"
+    aspirin = Chem.MolFromSmiles("CC(=O)Oc1ccccc1C(=O)O")
+    assert chem.sa_score(aspirin) == chem.synthetic_accessibility(aspirin)

@@ -29,6 +29,8 @@ from importlib import resources
 import numpy as np
 from rdkit import Chem
 
+from ..chem import largest_ring
+
 __all__ = ["FilterSet", "load_filters", "passes_filters", "filter_failure", "ALLOWED_ATOMS"]
 
 ALLOWED_ATOMS = frozenset({"C", "N", "S", "O", "F", "Cl", "Br", "H"})
@@ -199,8 +201,7 @@ def filter_failure(mol: Chem.Mol | None, filters: FilterSet | None = None) -> st
     """Why ``mol`` fails the MOSES filters, or ``None`` when it passes."""
     if mol is None:
         return "invalid molecule"
-    ring_info = mol.GetRingInfo()
-    if ring_info.NumRings() and any(len(ring) >= 8 for ring in ring_info.AtomRings()):
+    if largest_ring(mol) >= 8:
         return "ring of 8 or more atoms"
     if any(atom.GetFormalCharge() != 0 for atom in mol.GetAtoms()):
         return "charged atom"

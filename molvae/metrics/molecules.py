@@ -113,7 +113,7 @@ def _properties(mol: Chem.Mol) -> tuple[float, float, float, float]:
     except Exception:
         qed = logp = weight = math.nan
     try:
-        sa = chem._sascorer().calculateScore(mol)
+        sa = chem.synthetic_accessibility(mol)
     except Exception:
         sa = math.nan
     return float(logp), float(sa), float(qed), float(weight)
