@@ -87,6 +87,20 @@ def test_quick_metrics_denominators():
     assert m["n_unique"] == 2 and m["n_novel"] == 1
 
 
+def test_quick_metrics_are_the_metrics_suites_figures():
+    """The report's quick figures are molvae.metrics' definitions, not a second implementation."""
+    from molvae import metrics
+
+    smiles = ["CCO", "OCC", "c1ccccc1", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "not a smiles", "C1CC1"]
+    m = quick_metrics(pd.DataFrame({"smiles": smiles}), ["CCO", "C1CC1"])
+    assert m["validity"] == metrics.fraction_valid(smiles) == pytest.approx(6 / 7)
+    assert m["uniqueness"] == metrics.fraction_unique(smiles) == pytest.approx(5 / 6)  # CCO and OCC: one molecule
+    assert m["novelty"] == metrics.novelty(smiles, ["CCO", "C1CC1"]) == pytest.approx(3 / 5)
+    assert m["internal_diversity"] == pytest.approx(metrics.internal_diversity(smiles))  # MOSES IntDiv
+    empty = quick_metrics(pd.DataFrame({"smiles": []}), None)
+    assert empty["n_samples"] == 0 and empty["n_valid"] == 0 and "internal_diversity" not in empty
+
+
 def test_find_optimization_results(report_run):
     run, _ = report_run
     assert [p.name for p in find_optimization_results(run)] == ["optimize_qed.csv"]
