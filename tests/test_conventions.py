@@ -184,6 +184,61 @@ def test_readme_option_tables_are_complete(command):
     assert missing == []
 
 
+def _readme_train_rows() -> list[tuple[list[str], list[str], str]]:
+    """``(options, defaults, meaning)`` of each row of the README's `molvae train` table."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### `molvae train")
+    section = readme[start:readme.index("\n### ", start + 5)]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `--"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            options = re.findall(r"`(--[\w-]+)", cells[0])
+            defaults = [d.strip() for d in cells[1].split(",")] if cells[1] else []
+            rows.append((options, defaults, cells[2] if len(cells) > 2 else ""))
+    return rows
+
+
+def _same_default(readme: str, shown: str) -> bool:
+    try:
+        return float(readme) == float(shown)
+    except ValueError:
+        a, b = readme.lower().strip("`"), shown.lower()
+        return a.startswith(b) or b.startswith(a)
+
+
+def test_readme_train_table_shows_the_configs_defaults():
+    """The defaults in the README table are the config dataclasses' (the CLI's help takes them from there too)."""
+    import dataclasses
+
+    from molvae.cli.train import _MAP
+    from molvae.config import ModelConfig, shown_default
+
+    fields = {table: {f.name: f for f in dataclasses.fields(cls)}
+              for table, cls in (("train", TrainConfig), ("model", ModelConfig))}
+    compared = 0
+    for options, defaults, _ in _readme_train_rows():
+        keys = [o[2:].replace("-", "_") for o in options]
+        if not keys or not all(k in _MAP for k in keys) or len(defaults) != len(keys):
+            continue  # rows of other options, or one default for several options ("see ModelConfig")
+        for option, key, readme_default in zip(options, keys, defaults):
+            table, name = _MAP[key]
+            shown = shown_default(fields[table][name])
+            assert shown is not None and _same_default(readme_default, shown), (option, readme_default, shown)
+            compared += 1
+    assert compared >= 20
+
+
+def test_readme_says_which_options_a_resumed_run_may_change():
+    from molvae.cli.train import _MAP
+    from molvae.train import RESUME_CHANGEABLE
+
+    row = next(meaning for options, _, meaning in _readme_train_rows() if options == ["--resume"])
+    listed = set(re.findall(r"`(--[\w-]+)`", row))
+    changeable = {f"--{key.replace('_', '-')}" for key, (table, name) in _MAP.items() if name in RESUME_CHANGEABLE}
+    assert listed == changeable
+
+
 def test_evaluate_has_threads_and_jobs_are_capped(tmp_path):
     assert any(p.name == "threads" for p in main.commands["evaluate"].params)
     gen = tmp_path / "g.csv"
