@@ -55,10 +55,10 @@ def have_matplotlib() -> bool:
 def _figure(**kwargs):
     try:
         from matplotlib.figure import Figure
-    except ImportError:
+    except ImportError as exc:
         raise PlotsUnavailable(
             "plots need matplotlib, an optional extra: pip install 'molvae[plots]' (or pip install matplotlib)"
-        ) from None
+        ) from exc
     return Figure(**kwargs)
 
 
@@ -236,8 +236,8 @@ def latent_projection(z: np.ndarray, method: str = "pca", seed: int = 0) -> tupl
     if method == "umap":
         try:
             import umap  # type: ignore
-        except ImportError:
-            raise InvalidInputError("--method umap needs umap-learn: pip install umap-learn (or use pca)") from None
+        except ImportError as exc:
+            raise InvalidInputError("--method umap needs umap-learn: pip install umap-learn (or use pca)") from exc
         reducer = umap.UMAP(n_components=2, random_state=seed)
         return reducer.fit_transform(z), "UMAP of μ"
     raise InvalidInputError(f"unknown projection {method!r}; expected pca or umap")
