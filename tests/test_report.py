@@ -146,3 +146,21 @@ def test_report_renders_in_headless_chromium(report_run, tmp_path):
         # the page's dark header band is drawn at the top
         r, g, b = rgb.getpixel((10, 10))
         assert r < 80 and b > 60
+
+
+def test_a_missing_plotting_library_keeps_its_import_error_as_the_cause(monkeypatch):
+    """MOLVAE_DEBUG=1 promises the traceback: the ImportError behind the one-line message stays its cause."""
+    import sys
+
+    import numpy as np
+
+    from molvae.errors import InvalidInputError
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(plots.PlotsUnavailable) as info:
+        plots.training_curves([{"epoch": 1, "train_loss": 1.0}], "unused.png")
+    assert isinstance(info.value.__cause__, ImportError)
+    monkeypatch.setitem(sys.modules, "umap", None)
+    with pytest.raises(InvalidInputError, match="umap-learn") as info:
+        plots.latent_projection(np.zeros((5, 3), dtype=np.float32), method="umap")
+    assert isinstance(info.value.__cause__, ImportError)
