@@ -21,7 +21,6 @@ TINY = ["--epochs", "1", "--batch-size", "32", "--embedding-dim", "8", "--hidden
         "--threads", "1"]
 
 
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -102,8 +101,9 @@ def test_a_second_writer_of_a_run_folder_fails_with_one_line(tmp_path, small_csv
     try:
         res = cli("train", small_csv, "--out", run, *TINY)
         one_error(res, str(run), "another molvae process", "is writing this run folder")
-        with pytest.raises(RunFolderError, match="another molvae process"):
+        with pytest.raises(RunFolderError, match="another molvae process") as info:
             train(small_csv, run, model_config=TINY_MODEL, train_config=tiny_train_config(epochs=1))
+        assert isinstance(info.value.__cause__, BlockingIOError)  # kept for MOLVAE_DEBUG=1's traceback
     finally:
         lock.release()
     assert list(run.iterdir()) == []
