@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from ..errors import MolvaeError
 
 __all__ = ["main"]

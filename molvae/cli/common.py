@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from ..core import MolVAE, find_model
+from ..errors import InvalidInputError
 
 
 def model_option(f):
@@ -110,3 +112,30 @@ def refuse_same_file(out: str | None, *inputs: str | None, option: str = "--out"
 
 def output_path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+MOLECULE_FILE_SUFFIXES = {".csv", ".tsv", ".smi", ".smiles", ".txt", ".sdf", ".sd", ".mol", ".gz"}
+
+
+def read_input(value: str, smiles_column: str | None = None) -> pd.DataFrame:
+    """A molecule file (any format the data reader takes), ``-`` for standard input, or, if no such
+    file exists, one SMILES: a table with ``row`` and ``input``.
+
+    Raises:
+        InvalidInputError: a missing file (the name has a molecule-file suffix), or text that is
+            neither a file nor a SMILES RDKit parses (the message says both, with RDKit's reason).
+    """
+    from .. import chem
+    from ..data import read_molecules
+
+    if value == "-" or "://" in value or Path(value).exists():
+        return read_molecules(value, smiles_column)
+    if chem.to_mol(value) is not None:
+        return pd.DataFrame({"row": [1], "input": [value]})
+    if Path(value).suffix.lower() in MOLECULE_FILE_SUFFIXES:
+        raise InvalidInputError(f"{value}: no such file")
+    raise InvalidInputError(f"{value}: not a SMILES RDKit can parse ({chem.parse_error(value)}), nor an existing file")
+
+
+def smiles_column_option(f):
+    return click.option("--smiles-column", help="SMILES column of a CSV input (default: 'smiles' or the only column).")(f)

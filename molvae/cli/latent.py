@@ -16,33 +16,10 @@ import pandas as pd
 from . import main
 from ..checkpoint import atomic_output
 from ..errors import InvalidInputError
-from .common import (device_option, load_model, model_option, positive_float, positive_int, refuse_same_file,
-                     threads_option)
+from .common import (device_option, load_model, model_option, positive_float, positive_int, read_input,
+                     refuse_same_file, smiles_column_option, threads_option)
 
-# ----------------------------------------------------------------------------- shared helpers
-
-
-MOLECULE_FILE_SUFFIXES = {".csv", ".tsv", ".smi", ".smiles", ".txt", ".sdf", ".sd", ".mol", ".gz"}
-
-
-def read_input(value: str, smiles_column: str | None = None) -> pd.DataFrame:
-    """A molecule file (any format the data reader takes), ``-`` for standard input, or, if no such
-    file exists, one SMILES: a table with ``row`` and ``input``.
-
-    Raises:
-        InvalidInputError: a missing file (the name has a molecule-file suffix), or text that is
-            neither a file nor a SMILES RDKit parses (the message says both, with RDKit's reason).
-    """
-    from .. import chem
-    from ..data import read_molecules
-
-    if value == "-" or "://" in value or Path(value).exists():
-        return read_molecules(value, smiles_column)
-    if chem.to_mol(value) is not None:
-        return pd.DataFrame({"row": [1], "input": [value]})
-    if Path(value).suffix.lower() in MOLECULE_FILE_SUFFIXES:
-        raise InvalidInputError(f"{value}: no such file")
-    raise InvalidInputError(f"{value}: not a SMILES RDKit can parse ({chem.parse_error(value)}), nor an existing file")
+# ----------------------------------------------------------------------------- helpers of the latent commands
 
 
 def write_table(df: pd.DataFrame, out: str | None, *, properties: bool = False, smiles_column: str = "smiles",
@@ -95,10 +72,6 @@ def fail_if_none_encoded(table: pd.DataFrame, reasons, source: str, out: str | N
         kept = f"; every row and its reason is in {out}" if out else ""
         raise InvalidInputError(f"{source}: none of the {len(table)} molecules could be encoded by this model "
                                 f"(first reason: {next(iter(reasons))}){kept}")
-
-
-def smiles_column_option(f):
-    return click.option("--smiles-column", help="SMILES column of a CSV input (default: 'smiles' or the only column).")(f)
 
 
 def out_option(f):

@@ -196,7 +196,7 @@ def predict_cmd(input_file, model_spec, smiles_column, out, batch_size, device):
     """
     from ..optimize.head import predict_properties
     from .common import refuse_same_file
-    from .latent import read_input
+    from .common import read_input
 
     refuse_same_file(out, input_file)
     table = read_input(input_file, smiles_column)

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import main
-from .common import device_option, load_model, positive_int, threads_option
-from .latent import read_input, smiles_column_option
+from .common import device_option, load_model, positive_int, read_input, smiles_column_option, threads_option
 
 
 @main.group("plot")
