@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from .errors import InvalidInputError
 
 __all__ = ["ModelConfig", "TrainConfig", "load_config_file", "KL_SCHEDULES", "LR_SCHEDULES", "ConfigError",
-           "progress_wanted", "setting", "cli_settings", "shown_default", "field_kind"]
+           "progress_wanted", "setting", "cli_settings", "resume_changeable", "shown_default", "field_kind"]
 
 T = TypeVar("T")
 
@@ -56,7 +56,8 @@ def progress_wanted(flag: bool | None) -> bool:
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | None = None, low: float | None = None,
             high: float | None = None, low_open: bool = False, high_open: bool = False,
-            choices: tuple[str, ...] | None = None, shown: str | None = None, default_factory: Any = None) -> Any:
+            choices: tuple[str, ...] | None = None, shown: str | None = None, on_resume: bool = False,
+            default_factory: Any = None) -> Any:
     """A config field with its metadata.
 
     Args:
@@ -67,8 +68,10 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | No
         low, high, low_open, high_open: the allowed range of a number (open: ``>``/``<`` instead of ``>=``/``<=``).
         choices: the allowed strings.
         shown: the default as the help shows it, when ``default`` alone would not say it (e.g. ``None``).
+        on_resume: a resumed run may change it (how long and how it runs, not what it learns).
     """
-    meta = {"help": help, "cli": cli, "range": (low, high, low_open, high_open), "choices": choices, "shown": shown}
+    meta = {"help": help, "cli": cli, "range": (low, high, low_open, high_open), "choices": choices, "shown": shown,
+            "on_resume": on_resume}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -244,7 +247,7 @@ class TrainConfig(_ConfigMixin):
 
     _RENAMED = {"max_len": "max_selfies_tokens"}  # before 0.x: max_len, confused with ModelConfig.max_len
 
-    epochs: int = setting(30, "Epochs", cli="epochs", low=1)
+    epochs: int = setting(30, "Epochs", cli="epochs", low=1, on_resume=True)
     # 256 keeps CPU matrix products efficient
     batch_size: int = setting(256, "Molecules per step (per process under torchrun)", cli="batch-size", low=1)
     learning_rate: float = setting(1e-3, "Adam learning rate", cli="lr", low=0.0, low_open=True)
@@ -271,23 +274,29 @@ class TrainConfig(_ConfigMixin):
                                   cli="word-dropout", low=0.0, high=1.0, high_open=True)
     # a negative clip norm flips every gradient's sign
     grad_clip: float = setting(5.0, "Gradient norm clip (> 0)", cli="grad-clip", low=0.0, low_open=True)
-    device: str = setting("auto", "auto | cpu | cuda | cuda:N", cli="device")
-    amp: bool = setting(True, "Mixed precision on CUDA (bf16, or fp16 with a gradient scaler)", cli="amp/no-amp")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N", cli="device", on_resume=True)
+    amp: bool = setting(True, "Mixed precision on CUDA (bf16, or fp16 with a gradient scaler)", cli="amp/no-amp",
+                        on_resume=True)
     cpu_amp: bool | None = setting(None, "bf16 autocast on the CPU", cli="cpu-amp/no-cpu-amp",
                                    shown="auto: on with AMX (amx_bf16), or on an AMD CPU with AVX-512 BF16 "
-                                         "(avx512_bf16); off on Intel AVX-512 BF16 without AMX")
+                                         "(avx512_bf16); off on Intel AVX-512 BF16 without AMX", on_resume=True)
     compile: bool = setting(False, "torch.compile the model", cli="compile")
     early_stopping: int | None = setting(None, "Stop after N epochs without improvement of the validation loss",
-                                         cli="early-stopping", low=1, shown="off")
+                                         cli="early-stopping", low=1, shown="off", on_resume=True)
     checkpoint_every: int = setting(0, "Also checkpoint every N steps (0 = at the end of each epoch only)",
-                                    cli="checkpoint-every", low=0)
-    recon_eval_size: int = setting(500, "Validation molecules decoded for reconstruction accuracy", low=0)
+                                    cli="checkpoint-every", low=0, on_resume=True)
+    recon_eval_size: int = setting(500, "Validation molecules decoded for reconstruction accuracy", low=0,
+                                   on_resume=True)
     property_weight: float = setting(1.0, "Weight of the property head's loss", low=0.0)
-    num_threads: int | None = setting(None, "CPU threads for torch", cli="threads", low=1, shown="torch's default")
+    num_threads: int | None = setting(None, "CPU threads for torch", cli="threads", low=1, shown="torch's default",
+                                      on_resume=True)
     max_time_minutes: float | None = setting(None, "Stop after this many minutes of training (validates and saves "
-                                             "first)", cli="max-time", low=0.0, low_open=True, shown="no limit")
-    max_bad_steps: int = setting(20, "Stop after this many consecutive non-finite steps", cli="max-bad-steps", low=1)
-    show_progress: bool | None = setting(None, "Progress bar on stderr (None: only when stderr is a terminal)")
+                                             "first)", cli="max-time", low=0.0, low_open=True, shown="no limit",
+                                             on_resume=True)
+    max_bad_steps: int = setting(20, "Stop after this many consecutive non-finite steps", cli="max-bad-steps", low=1,
+                                 on_resume=True)
+    show_progress: bool | None = setting(None, "Progress bar on stderr (None: only when stderr is a terminal)",
+                                         on_resume=True)
     extra: dict = setting(help="Free-form notes recorded with the run", default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -359,6 +368,11 @@ def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
             warnings.warn(f"config file {path}: {old!r} is now called {new!r} (the old name still works for now)",
                           FutureWarning, stacklevel=2)
     return {"model": model, "train": train}
+
+
+def resume_changeable() -> tuple[str, ...]:
+    """:class:`TrainConfig` fields a resumed run may change: its length and how it runs, not what it learns."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("on_resume"))
 
 
 def cli_settings() -> list[tuple[str, dataclasses.Field]]:

@@ -37,7 +37,7 @@ import torch
 from . import data as data_mod
 from ._version import versions
 from .checkpoint import atomic_write, load_checkpoint
-from .config import ModelConfig, TrainConfig, progress_wanted
+from .config import ModelConfig, TrainConfig, progress_wanted, resume_changeable
 from .core import MolVAE, resolve_device
 from .diagnostics import (active_units, autocast, best_epoch, evaluate_loss, greedy_reconstruction_rate,
                           latent_means, selection_loss)
@@ -78,9 +78,9 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-#: TrainConfig fields a resumed run may change: its length and how it runs, not what it learns.
-RESUME_CHANGEABLE = ("epochs", "max_time_minutes", "early_stopping", "checkpoint_every", "num_threads", "device",
-                     "amp", "cpu_amp", "show_progress", "max_bad_steps", "recon_eval_size")
+#: TrainConfig fields a resumed run may change: its length and how it runs, not what it learns
+#: (marked ``on_resume`` in :mod:`molvae.config`).
+RESUME_CHANGEABLE = resume_changeable()
 
 
 def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None = None,
