@@ -86,18 +86,3 @@ def test_training_lowers_the_loss(tmp_path, small_csv):
     assert hist[-1]["val_loss"] < hist[0]["val_loss"] < untrained
     assert hist[-1]["val_token_acc"] > hist[0]["val_token_acc"]
 
-
-def test_kl_weight_schedules():
-    import pytest
-
-    from molvae.train import kl_weight_at
-
-    from conftest import tiny_train_config
-
-    cfg = tiny_train_config()
-    assert kl_weight_at(cfg.replace(kl_schedule="constant"), 0) == cfg.kl_weight
-    assert kl_weight_at(cfg, 0) == 0 and kl_weight_at(cfg, 1) == pytest.approx(0.5) and kl_weight_at(cfg, 5) == 1
-    cyc = cfg.replace(kl_schedule="cyclical", kl_warmup_epochs=2, kl_cycle_ratio=0.5)
-    assert kl_weight_at(cyc, 0.5) == pytest.approx(0.5) and kl_weight_at(cyc, 1.5) == 1 and kl_weight_at(cyc, 2.0) == 0
-    sig = cfg.replace(kl_schedule="sigmoid")
-    assert kl_weight_at(sig, 0) < 0.01 and kl_weight_at(sig, 1) == pytest.approx(0.5)

@@ -84,7 +84,8 @@ def train_cmd(data, out, config_file, resume, overwrite, smiles_column, properti
     history.csv and rejected.csv (every row not used, with its reason). An --out folder that already holds
     a run is refused: --overwrite replaces it, --resume continues it.
     """
-    from ..train import best_epoch, train
+    from ..diagnostics import best_epoch
+    from ..train import train
 
     if data is None and resume is None:
         raise click.UsageError("give a DATA file of SMILES (or --resume RUN_DIR)")
