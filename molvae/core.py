@@ -300,27 +300,56 @@ class MolVAE:
 
     # ------------------------------------------------------------------ latent space
     @torch.no_grad()
+    def posterior_of_ids(self, ids: Sequence[Sequence[int] | str], batch_size: int = 512
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior parameters ``(mu, logvar)``, each ``(n, latent_dim)`` float32, of tokenized molecules.
+
+        ``ids[i]`` is a molecule's token ids (from :meth:`tokenize`), or a reason string for a row
+        that could not be tokenized, which gets NaN. Molecules run in length-sorted batches (less
+        padding); the rows come back in input order. The one encoder path: :meth:`encode`,
+        :meth:`posterior` and :mod:`molvae.sample` all go through it.
+        """
+        d = self.config.latent_dim
+        mu = np.full((len(ids), d), np.nan, dtype=np.float32)
+        logvar = np.full((len(ids), d), np.nan, dtype=np.float32)
+        order = sorted((i for i, e in enumerate(ids) if not isinstance(e, str)), key=lambda i: len(ids[i]))
+        self.net.eval()
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            tokens, lengths = sequences_to_tensor([ids[i] for i in idx], self.vocab.eos_id, self.vocab.pad_id)
+            m, lv = self.net.encode(tokens.to(self.device), lengths)
+            mu[idx] = m.float().cpu().numpy()
+            logvar[idx] = lv.float().cpu().numpy()
+        return mu, logvar
+
+    def posterior(self, smiles: Sequence[str], *, batch_size: int = 512
+                  ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """``(mu, logvar, reasons)`` of ``smiles``: NaN rows, and the reason, where a molecule cannot be encoded."""
+        ids = [self.tokenize(s) if isinstance(s, str) else "empty SMILES" for s in smiles]
+        mu, logvar = self.posterior_of_ids(ids, batch_size)
+        return mu, logvar, [e if isinstance(e, str) else None for e in ids]
+
+    @torch.no_grad()
     def encode(self, smiles: Sequence[str], *, sample: bool = False, seed: int | None = None,
                batch_size: int = 512) -> tuple[np.ndarray, list[str | None]]:
-        """Latent vectors of ``smiles``, rows aligned with the input.
+        """Latent vectors of ``smiles``, rows aligned with the input: the posterior mean μ, or with
+        ``sample`` a draw z ~ q(z|x) (seeded by ``seed``; ``None``: see :func:`torch_generator`).
 
         Returns:
             ``(latents, reasons)``: ``(n, latent_dim)`` float32 with NaN rows where a
             molecule could not be encoded, and the reason for each such row (``None`` if encoded).
         """
-        encoded = [self.tokenize(s) for s in smiles]
-        reasons = [e if isinstance(e, str) else None for e in encoded]
-        out = np.full((len(smiles), self.config.latent_dim), np.nan, dtype=np.float32)
-        ok = [i for i, e in enumerate(encoded) if not isinstance(e, str)]
-        gen = _generator(seed, self.device)
-        self.net.eval()
-        for s in range(0, len(ok), batch_size):
+        mu, logvar, reasons = self.posterior(smiles, batch_size=batch_size)
+        if not sample:
+            return mu, reasons
+        z = mu.copy()
+        ok = [i for i, r in enumerate(reasons) if r is None]
+        gen = torch_generator(seed, self.device)
+        for s in range(0, len(ok), batch_size):  # noise drawn batch by batch in input order
             idx = ok[s:s + batch_size]
-            tokens, lengths = sequences_to_tensor([encoded[i] for i in idx], self.vocab.eos_id, self.vocab.pad_id)
-            mu, logvar = self.net.encode(tokens.to(self.device), lengths)
-            z = self.net.reparameterize(mu, logvar, gen) if sample else mu
-            out[idx] = z.float().cpu().numpy()
-        return out, reasons
+            m, lv = (torch.from_numpy(a[idx]).to(self.device) for a in (mu, logvar))
+            z[idx] = self.net.reparameterize(m, lv, gen).float().cpu().numpy()
+        return z, reasons
 
     @torch.no_grad()
     def decode(self, z: np.ndarray | torch.Tensor, *, temperature: float = 1.0, greedy: bool = True,
@@ -337,7 +366,7 @@ class MolVAE:
                 f"latent vectors have shape {tuple(z.shape)}; expected (n, {self.config.latent_dim})")
         if not torch.isfinite(z).all():
             raise InvalidInputError("latent vectors contain NaN or infinite values")
-        gen = _generator(seed, self.device)
+        gen = torch_generator(seed, self.device)
         rows = []
         self.net.eval()
         for s in range(0, z.shape[0], batch_size):
@@ -365,11 +394,11 @@ class MolVAE:
 
     def _sample_batch(self, m: int, prior: str, temperature: float, greedy: bool, seed: int) -> pd.DataFrame:
         """One batch of ``m`` samples, all randomness from ``seed``."""
-        gen = _generator(seed, self.device)
+        gen = torch_generator(seed, self.device)
         if prior == NORMAL:
             z = torch.randn(m, self.config.latent_dim, generator=gen, device=self.device)
         else:  # a fitted prior draws on the CPU (float64 mixture)
-            cpu_gen = gen if self.device.type == "cpu" else _generator(seed, torch.device("cpu"))
+            cpu_gen = gen if self.device.type == "cpu" else torch_generator(seed, torch.device("cpu"))
             z = self.priors[prior].sample(m, generator=cpu_gen, device=self.device)
         # bf16 matrix products where the CPU runs them fast (the same rule as training's cpu_amp):
         # 1.6x more molecules per second on an AMD Zen 4; the samples differ from fp32 ones only by rounding.
@@ -483,7 +512,13 @@ def _parallel_batches(model: MolVAE, tasks: Iterator[tuple], jobs: int) -> Itera
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+def torch_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``; ``None`` for ``seed=None``.
+
+    The one seeding rule of every stochastic entry point: ``seed=None`` means torch's global random
+    state (``torch.manual_seed`` makes it repeatable), and only the draws a call makes consume it, so
+    a greedy decode inside training leaves the training's random stream untouched.
+    """
     if seed is None:
         return None
     g = torch.Generator(device=device)

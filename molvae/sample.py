@@ -4,6 +4,7 @@
 - :func:`interpolate` — molecules along a linear or spherical path between two latents.
 - :func:`neighbors` — molecules decoded around a lead molecule's latent vector.
 - :func:`score` — per-molecule negative ELBO, an outlier score.
+- :func:`sample_molecules` — the prior's samples, optionally only unique and/or novel ones, batch by batch.
 - :func:`add_properties`, :func:`save_latents`, :func:`load_latents` — table and file helpers.
 
 Every function takes a :class:`~molvae.core.MolVAE` and keeps the order of its inputs:
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 
 from . import chem
-from .core import MolVAE
+from .core import MolVAE, torch_generator
 from .errors import InvalidInputError
 from .model import sequences_to_tensor
 from .prior import GaussianMixturePrior
@@ -50,6 +51,9 @@ __all__ = [
     "slerp",
     "neighbors",
     "score",
+    "sample_molecules",
+    "reference_set",
+    "UNIQUE_DRAWS_FACTOR",
     "save_latents",
     "load_latents",
     "latent_columns",
@@ -95,36 +99,18 @@ def _batches(ok: list[int], ids: list, batch_size: int):
         yield order[s:s + batch_size]
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-    return g
-
-
-@torch.no_grad()
 def posterior(model: MolVAE, smiles: Sequence[str], *, batch_size: int = 512
               ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """Posterior parameters of each molecule: ``(mu, logvar, reasons)``.
+    """Posterior parameters of each molecule: ``(mu, logvar, reasons)`` (:meth:`MolVAE.posterior`).
 
     ``mu`` and ``logvar`` are ``(n, latent_dim)`` float32 with NaN rows where the model
     cannot read the molecule; ``reasons`` says why (``None`` for encoded rows).
     """
-    smiles = list(smiles)
-    ids, _, reasons = _tokenize_all(model, smiles)
-    return _posterior_from_ids(model, ids, reasons, batch_size)
+    return model.posterior(list(smiles), batch_size=batch_size)
 
 
 def _posterior_from_ids(model: MolVAE, ids: list, reasons: list[str | None], batch_size: int):
-    d = model.config.latent_dim
-    mu = np.full((len(ids), d), np.nan, dtype=np.float32)
-    logvar = np.full((len(ids), d), np.nan, dtype=np.float32)
-    ok = [i for i, r in enumerate(reasons) if r is None]
-    model.net.eval()
-    for idx in _batches(ok, ids, batch_size):
-        tokens, lengths = sequences_to_tensor([ids[i] for i in idx], model.vocab.eos_id, model.vocab.pad_id)
-        m, lv = model.net.encode(tokens.to(model.device), lengths)
-        mu[idx] = m.float().cpu().numpy()
-        logvar[idx] = lv.float().cpu().numpy()
+    mu, logvar = model.posterior_of_ids(ids, batch_size)
     return mu, logvar, reasons
 
 
@@ -458,7 +444,7 @@ def score(model: MolVAE, smiles: Sequence[str], *, n_samples: int = 8, seed: int
     n_tokens = np.zeros(n, dtype=np.int64)
     ok = [i for i, r in enumerate(reasons) if r is None]
     device = model.device
-    gen = _generator(seed, device)
+    gen = torch_generator(seed, device)
     model.net.eval()
     for idx in _batches(ok, ids, batch_size):
         tokens, lengths = sequences_to_tensor([ids[i] for i in idx], model.vocab.eos_id, model.vocab.pad_id)
@@ -486,6 +472,61 @@ def score(model: MolVAE, smiles: Sequence[str], *, n_samples: int = 8, seed: int
 # ----------------------------------------------------------------------------- latent files
 
 LATENT_SUFFIXES = (".npy", ".csv", ".parquet")
+
+
+# ----------------------------------------------------------------------------- sampling with filters
+
+#: With ``unique`` or ``exclude``, :func:`sample_molecules` stops after this many draws per molecule asked for.
+UNIQUE_DRAWS_FACTOR = 50
+
+
+def reference_set(path: str | os.PathLike) -> set[str]:
+    """Canonical SMILES of the molecules in a file (for ``exclude`` of :func:`sample_molecules`)."""
+    from .data import read_molecules
+
+    return {c for c in (chem.canonicalize(s) for s in read_molecules(path)["input"]) if c}
+
+
+def sample_molecules(model: MolVAE, n: int, *, temperature: float = 1.0, greedy: bool = False,
+                     seed: int | None = None, batch_size: int = 1000, prior: str | None = None, n_jobs: int = 1,
+                     unique: bool = False, exclude: set[str] | None = None
+                     ) -> Iterator[tuple[list[tuple[str, str, bool]], int]]:
+    """Sample ``model``'s prior batch by batch until ``n`` molecules are kept.
+
+    Without filters every draw is kept (invalid ones included, as :meth:`MolVAE.iter_samples`
+    gives them). With ``unique`` or ``exclude`` (canonical SMILES, e.g. :func:`reference_set` of the
+    training set) only valid, distinct molecules absent from ``exclude`` are kept, drawing at most
+    :data:`UNIQUE_DRAWS_FACTOR` × ``n`` molecules; fewer than ``n`` come back when that is not enough.
+    The draws of a seeded run restart their seed at ``seed + draws so far`` for each round.
+
+    Yields:
+        ``(rows, draws)``: the kept ``(smiles, selfies, valid)`` rows of one batch (never more
+        than ``n`` in all) and the number of molecules drawn so far. Stopping the iteration
+        between batches is safe: every yielded batch is complete.
+    """
+    filtering = unique or exclude is not None
+    max_draws = UNIQUE_DRAWS_FACTOR * n if filtering else n
+    seen: set[str] = set()
+    kept = draws = 0
+    while kept < n and draws < max_draws:
+        want = min(batch_size, max_draws - draws) if filtering else n - kept
+        for chunk in model.iter_samples(want, temperature=temperature, greedy=greedy,
+                                        seed=None if seed is None else seed + draws, batch_size=batch_size,
+                                        prior=prior, n_jobs=n_jobs):
+            draws += len(chunk)
+            rows = []
+            for smi, sel, valid in chunk.itertuples(index=False):
+                if filtering:
+                    if not valid or smi in seen or (exclude is not None and smi in exclude):
+                        continue
+                    seen.add(smi)
+                rows.append((smi, sel, valid))
+                if kept + len(rows) >= n:
+                    break
+            kept += len(rows)
+            yield rows, draws
+            if kept >= n:
+                break
 
 
 def latent_columns(dim: int) -> list[str]:

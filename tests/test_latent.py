@@ -43,6 +43,40 @@ def test_encode_rows_aligned_with_rejects(tiny_model):
     assert np.isnan(logvar[1]).all()
 
 
+def test_one_encode_path(tiny_model):
+    """MolVAE.encode and sample.posterior are one computation: the same bits, not just close."""
+    z, reasons = tiny_model.encode(MIXED * 3, batch_size=4)
+    mu, _, reasons2 = posterior(tiny_model, MIXED * 3, batch_size=4)
+    assert np.array_equal(z, mu, equal_nan=True) and reasons == reasons2
+    import molvae.sample
+
+    assert not hasattr(molvae.sample, "_generator")  # one seeding helper: core.torch_generator
+
+
+def test_seed_none_means_torchs_global_random_state(tiny_model):
+    """seed=None draws from torch's global state (repeatable with torch.manual_seed), and a call that
+    draws nothing (greedy decoding) leaves that state as it was."""
+    from molvae.core import torch_generator
+
+    assert torch_generator(None, "cpu") is None
+    smi = [MIXED[i] for i in GOOD]
+    torch.manual_seed(11)
+    a, _ = tiny_model.encode(smi, sample=True)
+    torch.manual_seed(11)
+    b, _ = tiny_model.encode(smi, sample=True)
+    assert np.array_equal(a, b)
+    torch.manual_seed(11)
+    score_a = score(tiny_model, smi, n_samples=2, seed=None)
+    torch.manual_seed(11)
+    score_b = score(tiny_model, smi, n_samples=2, seed=None)
+    assert score_a.equals(score_b)
+    torch.manual_seed(5)
+    tiny_model.decode(a, greedy=True)
+    after_greedy = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after_greedy, torch.rand(3))
+
+
 def test_encode_decode_round_trip_is_reconstruct(tiny_model):
     smi = [MIXED[i] for i in GOOD]
     z, _ = tiny_model.encode(smi)

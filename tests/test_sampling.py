@@ -105,3 +105,28 @@ def _die(task):
     import os
 
     os._exit(3)
+
+
+def test_sample_molecules_unique_and_novel_is_what_generate_writes(tiny_run, tiny_model, tmp_path):
+    """The unique/novel loop lives in the library; the CLI writes exactly what it yields."""
+    from molvae.sample import UNIQUE_DRAWS_FACTOR, reference_set, sample_molecules
+
+    plain = [r for rows, _ in sample_molecules(tiny_model, 120, seed=2, batch_size=50) for r in rows]
+    assert [r[0] for r in plain] == tiny_model.sample(120, seed=2, batch_size=50)["smiles"].tolist()
+    reference = tmp_path / "ref.smi"
+    reference.write_text("\n".join(r[0] for r in plain[:40] if r[2]) + "\n")
+    exclude = reference_set(reference)
+    assert exclude and all(s == s.strip() for s in exclude)
+    batches = list(sample_molecules(tiny_model, 60, seed=2, batch_size=50, unique=True, exclude=exclude))
+    rows = [r for b, _ in batches for r in b]
+    smiles = [r[0] for r in rows]
+    assert len(rows) == 60 and len(set(smiles)) == 60 and all(r[2] for r in rows)
+    assert not set(smiles) & exclude
+    draws = [d for _, d in batches]
+    assert draws == sorted(draws) and 60 <= draws[-1] <= UNIQUE_DRAWS_FACTOR * 60
+    out = tmp_path / "g.csv"
+    res = CliRunner().invoke(main, ["generate", "-n", "60", "--batch-size", "50", "--seed", "2", "--unique",
+                                    "--novel-vs", str(reference), "--model", str(tiny_run.run_dir / "model.pt"),
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().splitlines()[1:] == [f"{s},{sel},{v}" for s, sel, v in rows]

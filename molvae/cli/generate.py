@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
@@ -9,22 +10,16 @@ from pathlib import Path
 
 import click
 
+from tqdm.auto import tqdm
+
+from ..checkpoint import atomic_output
+from ..chem import compute_properties
+from ..config import progress_wanted
+from ..errors import InvalidInputError
+from ..sample import PROPERTY_COLUMNS, reference_set, sample_molecules
 from . import main
-from .common import (device_option, load_model, model_option, positive_float, positive_int, stop_on_interrupt,
-                     threads_option)
-
-
-def _read_reference(path: str) -> set[str]:
-    from .. import chem
-    from ..data import read_molecules
-
-    table = read_molecules(path)
-    out = set()
-    for s in table["input"]:
-        c = chem.canonicalize(s)
-        if c:
-            out.add(c)
-    return out
+from .common import (device_option, load_model, model_option, positive_float, positive_int, refuse_same_file,
+                     stop_on_interrupt, threads_option)
 
 
 #: From this many molecules `generate` samples in worker processes by default (each takes ~2 s to start).
@@ -75,93 +70,23 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
     Molecules are written in batches as they are made (memory stays flat for any N); Ctrl-C
     stops after the current batch, leaving only complete rows.
     """
-    import contextlib
-
-    from tqdm.auto import tqdm
-
-    from ..errors import InvalidInputError
-
     if properties and not (out and Path(out).suffix.lower() == ".csv"):
         raise click.BadParameter("property columns go into a CSV: use --out FILE.csv", param_hint="--properties")
     if grid and Path(grid).suffix.lower() not in (".png", ".svg"):
         raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
-    from .common import refuse_same_file
-
-    refuse_same_file(out, novel_vs)
-    model = load_model(model_spec, device)
     if n_jobs is not None and n_jobs < 0:
         raise click.BadParameter(f"must be >= 0, got {n_jobs}", param_hint="--n-jobs")
-    jobs = n_jobs if n_jobs is not None else (0 if n >= PARALLEL_FROM else 1)
+    refuse_same_file(out, novel_vs)
+    model = load_model(model_spec, device)
     prior_name = model.resolve_prior(prior)
     click.echo(f"prior: {prior_name} ({model.describe_prior(prior_name)})", err=True)
-    exclude = _read_reference(novel_vs) if novel_vs else None
-    filtering = unique or exclude is not None
-    max_draws = 50 * n if filtering else n
+    exclude = reference_set(novel_vs) if novel_vs else None
+    batches = sample_molecules(model, n, temperature=temperature, greedy=greedy, seed=seed, batch_size=batch_size,
+                               prior=prior_name, n_jobs=n_jobs if n_jobs is not None else (0 if n >= PARALLEL_FROM else 1),
+                               unique=unique, exclude=exclude)
     out_path = Path(out) if out else None
-    fmt = "csv"
-    if out_path is not None:
-        suffix = out_path.suffix.lower()
-        if suffix not in (".csv", ".smi", ".txt"):
-            raise click.BadParameter(f"output {out_path} must end in .csv, .smi or .txt", param_hint="--out")
-        fmt = "csv" if suffix == ".csv" else "smi"
-    as_csv = out_path is not None and fmt == "csv"
-    if properties and not as_csv:
-        raise click.BadParameter("property columns go into a CSV: use --out FILE.csv", param_hint="--properties")
-    from ..checkpoint import atomic_output
-    from ..config import progress_wanted
-    from ..sample import PROPERTY_COLUMNS
-
-    grid_smiles: list[str] = []
-    seen: set[str] = set()
-    written = draws = 0
-    show = progress_wanted(progress)
-    bar = tqdm(total=n, desc="generate", unit="mol", disable=not show, file=sys.stderr)
-    # Each batch is formatted first and written with one call, and Ctrl-C is acted on only between
-    # batches: the file holds complete rows at every moment a clean exit can happen.
-    with contextlib.ExitStack() as stack:
-        interrupt = stack.enter_context(stop_on_interrupt())
-        stack.callback(bar.close)
-        # A temporary file that replaces --out when the loop ends (also after Ctrl-C, with the complete
-        # rows so far); an error leaves an existing --out untouched.
-        handle = stack.enter_context(atomic_output(out_path, newline="")) if out_path else sys.stdout
-        if as_csv:
-            handle.write(",".join(("smiles", "selfies", "valid") + (PROPERTY_COLUMNS if properties else ())) + "\r\n")
-        while written < n and draws < max_draws and not interrupt["stop"]:
-            want = min(batch_size, max_draws - draws) if filtering else n - written
-            for chunk in model.iter_samples(want, temperature=temperature, greedy=greedy,
-                                            seed=None if seed is None else seed + draws, batch_size=batch_size,
-                                            prior=prior_name, n_jobs=jobs):
-                draws += len(chunk)
-                lines = []
-                for smi, sel, valid in chunk.itertuples(index=False):
-                    if filtering:
-                        if not valid or smi in seen or (exclude is not None and smi in exclude):
-                            continue
-                        seen.add(smi)
-                    lines.append((smi, sel, valid))
-                    if written + len(lines) >= n:
-                        break
-                if grid and len(grid_smiles) < 50:
-                    grid_smiles.extend(s for s, _, v in lines[:50] if v)
-                if as_csv:
-                    buf = io.StringIO()
-                    if properties:
-                        from ..chem import compute_properties
-
-                        props = compute_properties([s for s, _, _ in lines], PROPERTY_COLUMNS)
-                        lines = [row + tuple(f"{props[c][i]:.6g}" if props[c][i] == props[c][i] else ""
-                                             for c in PROPERTY_COLUMNS) for i, row in enumerate(lines)]
-                    csv.writer(buf).writerows(lines)
-                    text = buf.getvalue()
-                else:
-                    text = "".join(f"{s}\n" for s, _, _ in lines)
-                handle.write(text)
-                handle.flush()
-                written += len(lines)
-                bar.update(len(lines))
-                if written >= n or interrupt["stop"]:
-                    break
-    if interrupt["stop"]:
+    written, draws, interrupted, grid_smiles = _write_batches(batches, n, out_path, properties, bool(grid), progress)
+    if interrupted:
         where = f"{out_path} holds" if out_path else "wrote"
         click.echo(f"Error: interrupted: {where} {written} complete molecules of the {n} asked for", err=True)
         sys.exit(130)
@@ -177,3 +102,51 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
         what = "unique" if exclude is None else "unique novel"
         raise InvalidInputError(f"only {written} {what} molecules after {draws} draws (asked for {n}); "
                                 "try a higher --temperature or a smaller --n")
+
+
+def _format_rows(rows: list[tuple[str, str, bool]], as_csv: bool, properties: bool) -> str:
+    """One batch as CSV rows (with property columns if asked) or as SMILES lines."""
+    if not as_csv:
+        return "".join(f"{s}\n" for s, _, _ in rows)
+    if properties:
+        props = compute_properties([s for s, _, _ in rows], PROPERTY_COLUMNS)
+        rows = [row + tuple(f"{props[c][i]:.6g}" if props[c][i] == props[c][i] else "" for c in PROPERTY_COLUMNS)
+                for i, row in enumerate(rows)]
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
+def _write_batches(batches, n: int, out_path: Path | None, properties: bool, grid: bool, progress: bool | None
+                   ) -> tuple[int, int, bool, list[str]]:
+    """Write what :func:`sample_molecules` yields to ``out_path`` (stdout if ``None``), batch by batch.
+
+    Each batch is formatted first and written with one call, and Ctrl-C is acted on only between
+    batches: the file holds complete rows at every moment a clean exit can happen. A temporary file
+    replaces ``out_path`` when the loop ends (also after Ctrl-C, with the complete rows so far); an
+    error leaves an existing file untouched.
+
+    Returns:
+        ``(written, draws, interrupted, first valid SMILES for the grid)``.
+    """
+    as_csv = out_path is not None and out_path.suffix.lower() == ".csv"
+    grid_smiles: list[str] = []
+    written = draws = 0
+    bar = tqdm(total=n, desc="generate", unit="mol", disable=not progress_wanted(progress), file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        interrupt = stack.enter_context(stop_on_interrupt())
+        stack.callback(bar.close)
+        stack.callback(batches.close)
+        handle = stack.enter_context(atomic_output(out_path, newline="")) if out_path else sys.stdout
+        if as_csv:
+            handle.write(",".join(("smiles", "selfies", "valid") + (PROPERTY_COLUMNS if properties else ())) + "\r\n")
+        for rows, draws in batches:
+            if grid and len(grid_smiles) < 50:
+                grid_smiles.extend(s for s, _, v in rows[:50] if v)
+            handle.write(_format_rows(rows, as_csv, properties))
+            handle.flush()
+            written += len(rows)
+            bar.update(len(rows))
+            if interrupt["stop"]:
+                break
+    return written, draws, bool(interrupt["stop"]), grid_smiles
