@@ -5,6 +5,7 @@
 - ``schedules``: β and learning-rate schedules, loss terms, mixed precision;
 - ``state``: :class:`~molvae.training.state.TrainState`, the resumable state (``checkpoint.pt``'s
   ``training_state``);
+- ``parallel``: each rank's batches and share of validation under torchrun;
 - ``trainer``: :class:`~molvae.training.trainer.Trainer`, the loop (``train_epoch``, ``step``,
   ``validate``, ``end_epoch``, ``save``).
 """

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -28,17 +27,16 @@ from .. import data as data_mod
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..core import MolVAE
-from ..diagnostics import active_units, autocast, evaluate_loss, greedy_reconstruction_rate, latent_means, \
-    selection_loss
+from ..diagnostics import active_units, autocast, greedy_reconstruction_rate, latent_means, selection_loss
 from ..distributed import DistContext
 from ..errors import CheckpointError, MolvaeError
-from ..model import VAE
 from .inputs import TrainingData
+from .parallel import evaluate_distributed, open_seen_log, shard_batches
 from .run_folder import plot_curves, point_latest, write_history
 from .schedules import kl_term, kl_weight_at, learning_rate_at, property_loss, use_mixed_precision
 from .state import EpochSums, TrainState, capture_rng, restore_rng
 
-__all__ = ["Trainer", "TrainingInterrupted", "TrainingDiverged", "shard_batches", "evaluate_distributed"]
+__all__ = ["Trainer", "TrainingInterrupted", "TrainingDiverged"]
 
 log = logging.getLogger(__name__)
 
@@ -77,41 +75,6 @@ class _StopFlag:
         finally:
             for sig, h in old.items():
                 signal.signal(sig, h)
-
-
-def shard_batches(batches: list[np.ndarray], rank: int, world_size: int) -> list[np.ndarray]:
-    """This rank's batches: ``rank, rank + world_size, ...``, the same number on every rank."""
-    if not batches:
-        return []
-    n = max(1, len(batches) // world_size)
-    picked = batches[rank::world_size][:n]
-    return picked if len(picked) == n else [batches[rank % len(batches)]]
-
-
-def evaluate_distributed(net: VAE, tokens: data_mod.TokenData, indices: np.ndarray, vocab, batch_size: int,
-                         device: torch.device, seed: int, dist: DistContext) -> dict[str, float]:
-    """:func:`~molvae.diagnostics.evaluate_loss` with each rank taking a slice of ``indices``, combined over ranks."""
-    if not dist.enabled:
-        return evaluate_loss(net, tokens, indices, vocab, batch_size, device, seed=seed)
-    part = indices[dist.rank::dist.world_size]
-    res = evaluate_loss(net, tokens, part, vocab, batch_size, device, seed=seed + dist.rank) if len(part) else None
-    n = float(len(part))
-    n_tok = float((tokens.lengths[part] + 1).sum()) if len(part) else 0.0
-    r, k, c, n, n_tok = dist.all_reduce_sum(
-        [res["recon"] * n if res else 0.0, res["kl"] * n if res else 0.0,
-         res["token_acc"] * n_tok if res else 0.0, n, n_tok])
-    if n == 0:
-        return {"recon": math.nan, "kl": math.nan, "nelbo": math.nan, "token_acc": math.nan}
-    return {"recon": r / n, "kl": k / n, "nelbo": (r + k) / n, "token_acc": c / max(n_tok, 1.0)}
-
-
-def _open_seen_log(rank: int):
-    """Test hook: with ``MOLVAE_DEBUG_SEEN_DIR`` set, each rank logs the molecule indices of its batches."""
-    folder = os.environ.get("MOLVAE_DEBUG_SEEN_DIR")
-    if not folder:
-        return None
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return open(Path(folder) / f"seen.rank{rank}.txt", "a", encoding="utf-8")
 
 
 def _all_finite(net: torch.nn.Module) -> bool:
@@ -235,7 +198,7 @@ class Trainer:
         """
         self._t_start = time.perf_counter()
         self.elapsed_before = float(self.history[-1]["elapsed_s"]) if self.history else 0.0
-        self._seen_log = _open_seen_log(self.dist.rank)
+        self._seen_log = open_seen_log(self.dist.rank)
         self.net.train()
         start_epoch, first = self.state.epoch, self.state.batch
         try:
