@@ -137,3 +137,35 @@ def test_no_dead_training_helpers():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TrainConfig(extra={"note": "kept: free-form notes recorded with the run"})
+
+
+def test_the_cli_a_config_file_and_the_api_give_one_training_config(tmp_path, small_csv):
+    """The same settings given as options, as a TOML file and to TrainConfig/ModelConfig end in the same run config."""
+    import torch
+
+    pytest.importorskip("tomli" if sys.version_info < (3, 11) else "tomllib")
+    torch.set_num_threads(1)
+    settings = {"train": {"epochs": 1, "batch_size": 64, "learning_rate": 0.002, "kl_warmup_epochs": 0.5,
+                          "max_selfies_tokens": 60, "grad_clip": 2.5, "seed": 4, "num_threads": 1, "device": "cpu",
+                          "largest_fragment": False, "checkpoint_every": 3},
+                "model": {"embedding_dim": 8, "hidden_dim": 8, "decoder_hidden_dim": 8, "latent_dim": 2,
+                          "bidirectional": False}}
+    options = ["--epochs", "1", "--batch-size", "64", "--lr", "0.002", "--kl-warmup", "0.5", "--max-len", "60",
+               "--grad-clip", "2.5", "--seed", "4", "--threads", "1", "--device", "cpu", "--all-fragments",
+               "--checkpoint-every", "3", "--embedding-dim", "8", "--hidden-dim", "8", "--decoder-hidden-dim", "8",
+               "--latent-dim", "2", "--unidirectional"]
+    toml = tmp_path / "c.toml"
+    toml.write_text("".join(f"[{table}]\n" + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for table, values in settings.items()))
+    runs = {}
+    for how, args in (("cli", options), ("file", ["--config", toml])):
+        res = cli("train", small_csv, "--out", tmp_path / how, "--no-progress", "--n-jobs", "1", *args)
+        assert res.exit_code == 0, res.output
+        runs[how] = json.loads((tmp_path / how / "config.json").read_text())
+    api_train = TrainConfig(**settings["train"], show_progress=False).to_dict()
+    for how, record in runs.items():
+        assert record["train"] == api_train, how
+        # max_len is set from the data at training (the longest molecule kept, <eos> included)
+        api_model = ModelConfig(**settings["model"]).replace(max_len=record["model"]["max_len"]).to_dict()
+        assert record["model"] == api_model, how
+        assert record["model"]["max_len"] <= 61
