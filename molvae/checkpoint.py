@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._version import __version__, versions  # versions: re-exported (train.py imports it from here)
+from ._version import __version__, versions  # versions stays importable from here (older callers)
 from .errors import CheckpointError
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "versions", "atomic_write",

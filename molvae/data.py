@@ -524,87 +524,27 @@ def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int 
     inputs = table["input"].tolist()
     rows = table["row"].to_numpy()
     res = process_compact(inputs, largest_fragment, n_jobs=n_jobs, show_progress=show_progress)
-    n = len(inputs)
-    # Per input: its position among the processed molecules, or -1 when processing failed.
-    slot = np.full(n, -1, dtype=np.int64)
-    slot[res.ok] = np.arange(len(res.ok))
-    fail_reason = dict(zip(res.failed.tolist(), res.reasons))
     lengths = np.diff(res.offsets)
     raw_tokens = res.tokens
-    # Map the raw token table onto a given vocabulary (-1 = unknown token).
-    if vocab is not None:
-        to_vocab = np.array([vocab.index.get(t, -1) for t in raw_tokens] or [0], dtype=np.int64)
-        has_unknown = np.zeros(len(res.ok), dtype=bool)
-        if len(res.ids):
-            bad = to_vocab[res.ids] < 0
-            owner = np.repeat(np.arange(len(res.ok)), lengths)
-            has_unknown[owner[bad]] = True
-    rejected: list[tuple[int, str, str]] = []
-    seen: dict[str, int] = {}
-    keep_idx: list[int] = []
-    keep_slot: list[int] = []
-    n_dup = 0
     read_errors = table[READ_ERROR].tolist() if READ_ERROR in table.columns else None
-    smiles_all = res.smiles
-    for i in range(n):
-        if read_errors is not None and read_errors[i]:
-            rejected.append((int(rows[i]), inputs[i], read_errors[i]))
-            continue
-        k = slot[i]
-        if k < 0:
-            rejected.append((int(rows[i]), inputs[i], fail_reason[i]))
-            continue
-        if max_len is not None and lengths[k] > max_len:
-            rejected.append((int(rows[i]), inputs[i], f"{lengths[k]} SELFIES tokens, longer than max_len {max_len}"))
-            continue
-        if vocab is not None and has_unknown[k]:
-            unknown = vocab.unknown(raw_tokens[j] for j in res.ids[res.offsets[k]:res.offsets[k + 1]])
-            rejected.append((int(rows[i]), inputs[i], f"tokens not in the model's vocabulary: {' '.join(unknown[:5])}"))
-            continue
-        smi = smiles_all[k]
-        first = seen.get(smi)
-        if first is not None:
-            n_dup += 1
-            rejected.append((int(rows[i]), inputs[i], f"duplicate of row {first}"))
-            continue
-        seen[smi] = int(rows[i])
-        keep_idx.append(i)
-        keep_slot.append(k)
-    del seen
+    keep_idx, keep_slot, rejected, n_dup = _select_rows(inputs, rows, read_errors, res, max_len, vocab)
     keep = np.asarray(keep_slot, dtype=np.int64)
-    kept_smiles = [smiles_all[k] for k in keep_slot]
+    kept_smiles = [res.smiles[k] for k in keep_slot]
     keep_mask = np.zeros(len(res.ok), dtype=bool)
     keep_mask[keep] = True
     kept_ids = res.ids[np.repeat(keep_mask, lengths)] if len(res.ids) else res.ids
     if vocab is None:
         present = np.unique(kept_ids) if len(kept_ids) else np.zeros(0, dtype=np.int64)
         vocab = Vocabulary.build([[raw_tokens[j] for j in present.tolist()]])
-        to_vocab = np.array([vocab.index.get(t, -1) for t in raw_tokens] or [0], dtype=np.int64)
+    to_vocab = np.array([vocab.index.get(t, -1) for t in raw_tokens] or [0], dtype=np.int64)
     offsets = np.zeros(len(keep) + 1, dtype=np.int64)
     np.cumsum(lengths[keep], out=offsets[1:])
     id_dtype = np.int16 if len(vocab) < 32767 else np.int32
     token_data = TokenData(ids=to_vocab[kept_ids].astype(id_dtype), offsets=offsets)
-    del res, smiles_all
+    del res
     props = None
     if property_columns:
-        computed = chem.compute_properties(kept_smiles,
-                                           [c for c in property_columns if c not in table.columns],
-                                           n_jobs=n_jobs if n_jobs and n_jobs > 0 else available_cpus())
-        props = pd.DataFrame({c: computed[c] if c in computed else
-                              pd.to_numeric(table[c].iloc[keep_idx], errors="coerce").to_numpy(dtype=float)
-                              for c in property_columns})
-        props = props.where(np.isfinite(props))  # inf and text count as missing: masked, not learned
-        kept_rows = rows[keep_idx]
-        for c in property_columns:
-            gaps = kept_rows[props[c].isna().to_numpy()]
-            if len(gaps) and len(gaps) == len(props):
-                raise InvalidInputError(
-                    f"property column {c!r} has no numeric value in any of the {len(props)} kept rows; "
-                    "expected numbers (empty cells are allowed and masked)")
-            if len(gaps):
-                shown = ", ".join(str(int(r)) for r in gaps[:10]) + (", ..." if len(gaps) > 10 else "")
-                log.warning("property %r: %d of %d rows have no numeric value (rows %s); they train without "
-                            "a %r target", c, len(gaps), len(props), shown, c)
+        props = _property_table(table, property_columns, kept_smiles, keep_idx, n_jobs)
     rejected_df = pd.DataFrame(rejected, columns=["row", "input", "reason"])
     return PreparedData(
         smiles=kept_smiles,
@@ -616,6 +556,83 @@ def prepare(table: pd.DataFrame, *, largest_fragment: bool = True, max_len: int 
         n_duplicates=n_dup,
         properties=props,
     )
+
+
+def _select_rows(inputs: list, rows: np.ndarray, read_errors: list | None, res: CompactResults,
+                 max_len: int | None, vocab: Vocabulary | None) -> tuple[list[int], list[int], list, int]:
+    """Which inputs :func:`prepare` keeps: ``(input positions, their slots in res, rejected rows, duplicates)``.
+
+    An input is rejected (with a reason, in input order) when it could not be read or cleaned, is
+    longer than ``max_len`` tokens, uses a token outside ``vocab``, or repeats an earlier molecule.
+    """
+    lengths = np.diff(res.offsets)
+    # Per input: its position among the processed molecules, or -1 when processing failed.
+    slot = np.full(len(inputs), -1, dtype=np.int64)
+    slot[res.ok] = np.arange(len(res.ok))
+    fail_reason = dict(zip(res.failed.tolist(), res.reasons))
+    if vocab is not None:  # molecules with a token outside the given vocabulary
+        to_vocab = np.array([vocab.index.get(t, -1) for t in res.tokens] or [0], dtype=np.int64)
+        has_unknown = np.zeros(len(res.ok), dtype=bool)
+        if len(res.ids):
+            owner = np.repeat(np.arange(len(res.ok)), lengths)
+            has_unknown[owner[to_vocab[res.ids] < 0]] = True
+    rejected: list[tuple[int, str, str]] = []
+    seen: dict[str, int] = {}
+    keep_idx: list[int] = []
+    keep_slot: list[int] = []
+    n_dup = 0
+    for i in range(len(inputs)):
+        if read_errors is not None and read_errors[i]:
+            rejected.append((int(rows[i]), inputs[i], read_errors[i]))
+            continue
+        k = slot[i]
+        if k < 0:
+            rejected.append((int(rows[i]), inputs[i], fail_reason[i]))
+            continue
+        if max_len is not None and lengths[k] > max_len:
+            rejected.append((int(rows[i]), inputs[i], f"{lengths[k]} SELFIES tokens, longer than max_len {max_len}"))
+            continue
+        if vocab is not None and has_unknown[k]:
+            unknown = vocab.unknown(res.tokens[j] for j in res.ids[res.offsets[k]:res.offsets[k + 1]])
+            rejected.append((int(rows[i]), inputs[i], f"tokens not in the model's vocabulary: {' '.join(unknown[:5])}"))
+            continue
+        smi = res.smiles[k]
+        first = seen.get(smi)
+        if first is not None:
+            n_dup += 1
+            rejected.append((int(rows[i]), inputs[i], f"duplicate of row {first}"))
+            continue
+        seen[smi] = int(rows[i])
+        keep_idx.append(i)
+        keep_slot.append(k)
+    return keep_idx, keep_slot, rejected, n_dup
+
+
+def _property_table(table: pd.DataFrame, property_columns: Sequence[str], kept_smiles: list[str],
+                    keep_idx: list[int], n_jobs: int) -> pd.DataFrame:
+    """Property targets of the kept molecules: a column of ``table`` or computed by RDKit; NaN where missing.
+
+    Raises:
+        InvalidInputError: a property column without one numeric value among the kept rows.
+    """
+    computed = chem.compute_properties(kept_smiles, [c for c in property_columns if c not in table.columns],
+                                       n_jobs=n_jobs if n_jobs and n_jobs > 0 else available_cpus())
+    props = pd.DataFrame({c: computed[c] if c in computed else
+                          pd.to_numeric(table[c].iloc[keep_idx], errors="coerce").to_numpy(dtype=float)
+                          for c in property_columns})
+    props = props.where(np.isfinite(props))  # inf and text count as missing: masked, not learned
+    kept_rows = table["row"].to_numpy()[keep_idx]
+    for c in property_columns:
+        gaps = kept_rows[props[c].isna().to_numpy()]
+        if len(gaps) and len(gaps) == len(props):
+            raise InvalidInputError(
+                f"property column {c!r} has no numeric value in any of the {len(props)} kept rows; "
+                "expected numbers (empty cells are allowed and masked)")
+        if len(gaps):
+            shown = ", ".join(str(int(r)) for r in gaps[:10]) + (", ..." if len(gaps) > 10 else "")
+            log.warning("property %r: %d of %d rows have no numeric value (rows %s); they train without "
+                        "a %r target", c, len(gaps), len(props), shown, c)
+    return props
 
 
 # ----------------------------------------------------------------------------- split and batches

@@ -29,3 +29,18 @@ def test_dead_helpers_are_gone():
     for name in ("process_many", "_process_chunk", "iterate_batches", "_available_cpus"):
         assert not hasattr(data, name), name
     assert not hasattr(data.TokenData, "get")
+
+
+def test_one_parallel_map_and_one_core_count():
+    import inspect
+
+    from molvae import chem, data, workers
+    from molvae.metrics import molecules
+
+    assert molecules.resolve_n_jobs is workers.resolve_jobs
+    assert "ordered_map" in inspect.getsource(data.process_compact)
+    assert "ordered_map" in inspect.getsource(chem.compute_properties)
+    assert "process_pool" in inspect.getsource(molecules.Workers)
+    for module in (data, chem, molecules):
+        source = inspect.getsource(module)
+        assert "cpu_count" not in source and "ProcessPoolExecutor" not in source and "mp.Pool" not in source

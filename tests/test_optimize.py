@@ -236,7 +236,7 @@ def test_bad_arguments(tiny_model):
         optimize(tiny_model, "qed", budget=5, min_similarity=0.4)
     with pytest.raises(InvalidInputError, match="not a valid SMILES"):
         optimize(tiny_model, "qed", budget=5, start="C1CC")
-    with pytest.raises(InvalidInputError, match="unknown BOSettings option"):
+    with pytest.raises(InvalidInputError, match="unknown BOSettings key"):
         optimize(tiny_model, "qed", budget=5, settings={"steps": 3})
 
 
@@ -332,3 +332,16 @@ def test_optimize_cli_errors(tiny_model):
     assert r.exit_code == 2 and "other --method" in r.output
     r = runner.invoke(main, base + ["--objective", "qed", "--start", "C1CC"])
     assert r.exit_code == 1 and "not a valid SMILES" in r.output
+
+
+def test_method_settings_are_read_like_every_other_config():
+    """settings_from_dict is the configs' from_dict (one reader), with None meaning the default."""
+    from molvae.errors import InvalidInputError
+    from molvae.optimize.base import BOSettings, GradientSettings, settings_from_dict
+
+    bo = settings_from_dict(BOSettings, {"batch_size": 5, "patience": None})
+    assert bo == BOSettings(batch_size=5)
+    assert BOSettings.from_dict(bo.to_dict()) == bo
+    assert GradientSettings.from_dict(GradientSettings().to_dict()) == GradientSettings()
+    with pytest.raises(InvalidInputError, match="unknown BOSettings key"):
+        settings_from_dict(BOSettings, {"bogus": 1})

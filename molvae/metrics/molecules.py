@@ -28,6 +28,7 @@ from rdkit.Chem import QED
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from .. import chem
+from ..workers import crashed, process_pool, resolve_jobs
 from .filters import load_filters, passes_filters
 
 __all__ = [
@@ -163,11 +164,8 @@ def describe_chunk(args: tuple[Sequence[str], bool]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- workers
 
-def resolve_n_jobs(n_jobs: int | None) -> int:
-    """``None`` or ``<= 0`` -> every core this process may use; more than that is capped at it."""
-    from ..workers import resolve_jobs
-
-    return resolve_jobs(n_jobs)
+#: ``None`` or ``<= 0`` -> every core this process may use; more than that is capped at it.
+resolve_n_jobs = resolve_jobs  # the one core count (affinity-aware), under the name metrics uses
 
 
 class Workers:
@@ -202,8 +200,6 @@ class Workers:
     def _get_pool(self):
         if self._pool is None:
             # Fork shares the compiled filter patterns and imported RDKit with the workers.
-            from ..workers import process_pool
-
             load_filters()
             self._pool = process_pool(self.n_jobs)
         return self._pool
@@ -231,8 +227,6 @@ class Workers:
         with tqdm(total=total, desc=desc, unit="mol", disable=not self.progress or progress is not None,
                   leave=False, file=sys.stderr) as bar:
             from concurrent.futures.process import BrokenProcessPool
-
-            from ..workers import crashed
 
             results = self._get_pool().map(func, args) if parallel else map(func, args)
             try:

@@ -8,6 +8,7 @@ the counts behind it say why. See :mod:`molvae.metrics` for the definitions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -270,23 +271,13 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
         InvalidInputError: unreadable input files or bad options.
     """
     from ..core import resolve_device
-    from .chemnet import FCD_MISSING, ChemNet, fcd_available, frechet_distance
 
     ks = _parse_k(k)
     if heldout_size < 1:
         raise InvalidInputError(f"heldout_size must be >= 1, got {heldout_size}")
-    dev = resolve_device(device)
+    run = _Run(dev=resolve_device(device), progress=progress)
     jobs = resolve_n_jobs(n_jobs)
     start = time.perf_counter()
-    timings: dict[str, float] = {}
-    notes: list[str] = []
-    cache: dict[str, str] = {}
-    counts: dict[str, Any] = {}
-    metrics: dict[str, float | int | None] = {}
-
-    def timed(name: str, t0: float) -> None:
-        timings[name] = round(time.perf_counter() - t0, 4)
-
     sources = {
         "generated": SmilesSource(generated, smiles_column, "generated"),
         "train": SmilesSource(train, smiles_column, "train") if train is not None else None,
@@ -296,144 +287,168 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
     }
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads or jobs)
-    chemnet = None
-    workers = None
     try:
         if compute_fcd:
-            if fcd_available():
-                t = time.perf_counter()
-                chemnet = ChemNet(dev)  # before the fork, so the workers share the loaded weights
-                timed("chemnet_load", t)
-            else:
-                notes.append(FCD_MISSING)
-                log.warning(FCD_MISSING)
-        workers = Workers(jobs, progress).start()
-        t = time.perf_counter()
-        gen_smiles = sources["generated"].smiles()
-        timed("read", t)
-
-        gen = describe_set(gen_smiles, workers, label="generated", with_filters=True,
-                           chemnet=chemnet, keep_canonical=True)
-        for stage, seconds in gen.timings.items():
-            timings[f"generated_{stage}"] = round(seconds, 4)
-
-        refs: dict[str, SetStatistics] = {}
-        for name in ("test", "test_scaffolds"):
-            src = sources[name]
-            if src is None:
-                continue
-            t = time.perf_counter()
-            refs[name], hit = reference_statistics(src, workers, chemnet=chemnet, use_cache=use_cache,
-                                                   directory=cache_dir)
-            cache[name] = "off" if not use_cache else ("hit" if hit else "computed")
-            timed(f"reference_{name}", t)
-
-        train_stats = None
-        if sources["train"] is not None:
-            t = time.perf_counter()
-            train_stats, hit = train_statistics(sources["train"], workers, use_cache=use_cache,
-                                                directory=cache_dir)
-            cache["train"] = "off" if not use_cache else ("hit" if hit else "computed")
-            timed("reference_train", t)
-
-        # --------------------------------------------------------------- figures
-        counts["generated"] = {
-            "n_total": gen.n_total, "n_valid": gen.n_valid, "n_invalid": gen.n_total - gen.n_valid,
-            "n_unique": gen.n_unique,
-            "n_passes_filters": int(gen.weights[gen.filters].sum()) if gen.filters is not None and gen.n_unique else 0,
-            "n_fragments": len(gen.fragments), "n_scaffolds": len(gen.scaffolds),
-            "n_with_scaffold": gen.n_with_scaffold,
-        }
-        metrics["valid"] = _ratio(gen.n_valid, gen.n_total)
-        if gen.n_total == 0:
-            notes.append("the generated set is empty")
-        elif gen.n_valid == 0:
-            notes.append("no generated molecule is valid: every other figure is n/a")
-        for kk in ks:
-            value, n, n_unique = _unique_at(gen, kk)
-            metrics[f"unique@{kk}"] = value
-            counts[f"unique@{kk}"] = {"n": n, "n_unique": n_unique, "complete": n >= kk}
-            if 0 < n < kk:
-                notes.append(f"unique@{kk}: only {n} valid molecules, computed on those (as MOSES does)")
-
-        if train_stats is not None:
-            value, n_novel = _novelty(gen, train_stats)
-            metrics["Novelty"] = value
-            counts["novelty"] = {"n_unique": gen.n_unique, "n_novel": n_novel}
-            counts["train"] = {"n_total": train_stats.n_total, "n_valid": train_stats.n_valid,
-                               "n_unique": train_stats.n_unique}
-
-        t = time.perf_counter()
-        with _stage_bar(progress, "IntDiv", gen.n_unique) as bar:
-            metrics["IntDiv"], metrics["IntDiv2"] = _intdiv(gen, dev, progress=bar.update, workers=workers)
-        timed("intdiv", t)
-        metrics["Filters"] = (_ratio(counts["generated"]["n_passes_filters"], gen.n_valid))
-
-        for name, suffix in (("test", "Test"), ("test_scaffolds", "TestSF")):
-            ref = refs.get(name)
-            if ref is None:
-                continue
-            counts[name] = {"n_total": ref.n_total, "n_valid": ref.n_valid, "n_unique": ref.n_unique,
-                            "n_fragments": len(ref.fragments), "n_scaffolds": len(ref.scaffolds)}
-            if ref.n_valid == 0:
-                notes.append(f"no valid molecule in the {name.replace('_', ' ')} set")
-            t = time.perf_counter()
-            if chemnet is not None:
-                metrics[f"FCD/{suffix}"] = frechet_distance(gen.fcd, ref.fcd)
-                if gen.fcd is None and gen.n_valid:
-                    notes.append("FCD needs at least 2 valid generated molecules")
-            else:
-                metrics[f"FCD/{suffix}"] = None
-            timed(f"fcd_{name}", t)
-            t = time.perf_counter()
-            with _stage_bar(progress, f"SNN/{suffix}", ref.n_unique) as bar:
-                metrics[f"SNN/{suffix}"] = _snn(gen, ref, dev, progress=bar.update, workers=workers)
-            timed(f"snn_{name}", t)
-            t = time.perf_counter()
-            metrics[f"Frag/{suffix}"] = cosine_similarity(ref.fragments, gen.fragments)
-            metrics[f"Scaf/{suffix}"] = cosine_similarity(ref.scaffolds, gen.scaffolds)
-            timed(f"frag_scaf_{name}", t)
-
-        if "test" in refs:
-            t = time.perf_counter()
-            counts["properties"] = {}
-            for column, prop in enumerate(PROPERTY_NAMES):
-                value, n_gen, n_ref = _property_distance(gen, refs["test"], column)
-                metrics[prop] = value
-                counts["properties"][prop] = {"n_generated": n_gen, "n_test": n_ref}
-            timed("properties", t)
-
+            run.load_chemnet()  # before the fork, so the workers share the loaded weights
+        run.workers = Workers(jobs, progress).start()
+        gen, refs, train_stats = _statistics(run, sources, use_cache, cache_dir)
+        _set_figures(run, gen, ks, train_stats)
+        _reference_figures(run, gen, refs)
         if model is not None:
-            t = time.perf_counter()
-            if sources["test"] is None:
-                notes.append("model figures need held-out molecules: pass a test set")
-            else:
-                from .model_metrics import model_metrics
-
-                res = model_metrics(model, sources["test"].smiles(), n=heldout_size, seed=seed)
-                metrics["Reconstruction"] = res.pop("reconstruction")
-                metrics["KL"] = res.pop("kl")
-                metrics["ActiveUnits"] = res.pop("active_units")
-                counts["model"] = res
-            timed("model", t)
+            with run.timed("model"):
+                _model_figures(run, model, sources["test"], heldout_size, seed)
     finally:
-        if workers is not None:
-            workers.close()
+        if run.workers is not None:
+            run.workers.close()
         torch.set_num_threads(threads_before)
 
+    metrics = run.metrics
     ordered = {name: metrics[name] for name in (*METRIC_NAMES, *MODEL_METRIC_NAMES) if name in metrics}
     ordered.update({name: v for name, v in metrics.items() if name not in ordered})
-    timings["total"] = round(time.perf_counter() - start, 4)
+    run.timings["total"] = round(time.perf_counter() - start, 4)
     settings = {
-        "generated": sources["generated"].describe(),
-        "train": sources["train"].describe() if sources["train"] is not None else None,
-        "test": sources["test"].describe() if sources["test"] is not None else None,
-        "test_scaffolds": sources["test_scaffolds"].describe() if sources["test_scaffolds"] is not None else None,
-        "k": ks, "n_jobs": jobs, "device": str(dev), "fingerprint": "Morgan r=2, 1024 bits",
+        **{name: src.describe() if src is not None else None for name, src in sources.items()},
+        "k": ks, "n_jobs": jobs, "device": str(run.dev), "fingerprint": "Morgan r=2, 1024 bits",
         "heldout_size": heldout_size if model is not None else None, "seed": seed,
         "versions": versions("molvae", "rdkit", "torch", "numpy", "python", "fcd"), "platform": platform.platform(),
     }
-    return Evaluation(ordered, counts, notes, timings, cache, settings)
+    return Evaluation(ordered, run.counts, run.notes, run.timings, run.cache, settings)
+
+
+@dataclass
+class _Run:
+    """What one :func:`evaluate` call gathers: figures, counts, notes, timings, cache use."""
+
+    dev: torch.device
+    progress: bool
+    workers: Workers | None = None
+    chemnet: Any = None
+    metrics: dict[str, float | int | None] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, str] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t, 4)
+
+    def load_chemnet(self) -> None:
+        from .chemnet import FCD_MISSING, ChemNet, fcd_available
+
+        if fcd_available():
+            with self.timed("chemnet_load"):
+                self.chemnet = ChemNet(self.dev)
+        else:
+            self.notes.append(FCD_MISSING)
+            log.warning(FCD_MISSING)
+
+
+def _statistics(run: _Run, sources: dict, use_cache: bool, cache_dir) -> tuple:
+    """Statistics of the generated set, the test sets (cached) and the training set (cached)."""
+    with run.timed("read"):
+        gen_smiles = sources["generated"].smiles()
+    gen = describe_set(gen_smiles, run.workers, label="generated", with_filters=True,
+                       chemnet=run.chemnet, keep_canonical=True)
+    for stage, seconds in gen.timings.items():
+        run.timings[f"generated_{stage}"] = round(seconds, 4)
+    refs: dict[str, SetStatistics] = {}
+    for name in ("test", "test_scaffolds"):
+        if sources[name] is None:
+            continue
+        with run.timed(f"reference_{name}"):
+            refs[name], hit = reference_statistics(sources[name], run.workers, chemnet=run.chemnet,
+                                                   use_cache=use_cache, directory=cache_dir)
+            run.cache[name] = "off" if not use_cache else ("hit" if hit else "computed")
+    train_stats = None
+    if sources["train"] is not None:
+        with run.timed("reference_train"):
+            train_stats, hit = train_statistics(sources["train"], run.workers, use_cache=use_cache,
+                                                directory=cache_dir)
+            run.cache["train"] = "off" if not use_cache else ("hit" if hit else "computed")
+    return gen, refs, train_stats
+
+
+def _set_figures(run: _Run, gen: SetStatistics, ks: list[int], train_stats: TrainStatistics | None) -> None:
+    """Figures of the generated set alone (and against the training set): valid, unique@k, Novelty, IntDiv, Filters."""
+    metrics, counts, notes = run.metrics, run.counts, run.notes
+    counts["generated"] = {
+        "n_total": gen.n_total, "n_valid": gen.n_valid, "n_invalid": gen.n_total - gen.n_valid,
+        "n_unique": gen.n_unique,
+        "n_passes_filters": int(gen.weights[gen.filters].sum()) if gen.filters is not None and gen.n_unique else 0,
+        "n_fragments": len(gen.fragments), "n_scaffolds": len(gen.scaffolds),
+        "n_with_scaffold": gen.n_with_scaffold,
+    }
+    metrics["valid"] = _ratio(gen.n_valid, gen.n_total)
+    if gen.n_total == 0:
+        notes.append("the generated set is empty")
+    elif gen.n_valid == 0:
+        notes.append("no generated molecule is valid: every other figure is n/a")
+    for kk in ks:
+        value, n, n_unique = _unique_at(gen, kk)
+        metrics[f"unique@{kk}"] = value
+        counts[f"unique@{kk}"] = {"n": n, "n_unique": n_unique, "complete": n >= kk}
+        if 0 < n < kk:
+            notes.append(f"unique@{kk}: only {n} valid molecules, computed on those (as MOSES does)")
+    if train_stats is not None:
+        value, n_novel = _novelty(gen, train_stats)
+        metrics["Novelty"] = value
+        counts["novelty"] = {"n_unique": gen.n_unique, "n_novel": n_novel}
+        counts["train"] = {"n_total": train_stats.n_total, "n_valid": train_stats.n_valid,
+                           "n_unique": train_stats.n_unique}
+    with run.timed("intdiv"), _stage_bar(run.progress, "IntDiv", gen.n_unique) as bar:
+        metrics["IntDiv"], metrics["IntDiv2"] = _intdiv(gen, run.dev, progress=bar.update, workers=run.workers)
+    metrics["Filters"] = (_ratio(counts["generated"]["n_passes_filters"], gen.n_valid))
+
+
+def _reference_figures(run: _Run, gen: SetStatistics, refs: dict[str, SetStatistics]) -> None:
+    """FCD, SNN, Frag and Scaf against each test set; the property distances against the test set."""
+    from .chemnet import frechet_distance
+
+    metrics = run.metrics
+    for name, suffix in (("test", "Test"), ("test_scaffolds", "TestSF")):
+        ref = refs.get(name)
+        if ref is None:
+            continue
+        run.counts[name] = {"n_total": ref.n_total, "n_valid": ref.n_valid, "n_unique": ref.n_unique,
+                            "n_fragments": len(ref.fragments), "n_scaffolds": len(ref.scaffolds)}
+        if ref.n_valid == 0:
+            run.notes.append(f"no valid molecule in the {name.replace('_', ' ')} set")
+        with run.timed(f"fcd_{name}"):
+            if run.chemnet is not None:
+                metrics[f"FCD/{suffix}"] = frechet_distance(gen.fcd, ref.fcd)
+                if gen.fcd is None and gen.n_valid:
+                    run.notes.append("FCD needs at least 2 valid generated molecules")
+            else:
+                metrics[f"FCD/{suffix}"] = None
+        with run.timed(f"snn_{name}"), _stage_bar(run.progress, f"SNN/{suffix}", ref.n_unique) as bar:
+            metrics[f"SNN/{suffix}"] = _snn(gen, ref, run.dev, progress=bar.update, workers=run.workers)
+        with run.timed(f"frag_scaf_{name}"):
+            metrics[f"Frag/{suffix}"] = cosine_similarity(ref.fragments, gen.fragments)
+            metrics[f"Scaf/{suffix}"] = cosine_similarity(ref.scaffolds, gen.scaffolds)
+    if "test" in refs:
+        with run.timed("properties"):
+            run.counts["properties"] = {}
+            for column, prop in enumerate(PROPERTY_NAMES):
+                value, n_gen, n_ref = _property_distance(gen, refs["test"], column)
+                metrics[prop] = value
+                run.counts["properties"][prop] = {"n_generated": n_gen, "n_test": n_ref}
+
+
+def _model_figures(run: _Run, model, test: SmilesSource | None, heldout_size: int, seed: int) -> None:
+    """Held-out reconstruction, KL and active units of ``model`` on ``heldout_size`` test molecules."""
+    if test is None:
+        run.notes.append("model figures need held-out molecules: pass a test set")
+        return
+    from .model_metrics import model_metrics
+
+    res = model_metrics(model, test.smiles(), n=heldout_size, seed=seed)
+    run.metrics["Reconstruction"] = res.pop("reconstruction")
+    run.metrics["KL"] = res.pop("kl")
+    run.metrics["ActiveUnits"] = res.pop("active_units")
+    run.counts["model"] = res
 
 
 class _NullBar:

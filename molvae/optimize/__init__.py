@@ -74,53 +74,9 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
     """
     from tqdm.auto import tqdm
 
-    if method not in METHODS:
-        raise InvalidInputError(f"unknown method {method!r}; expected one of {list(METHODS)}")
-    if not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise InvalidInputError(f"budget must be a positive number of oracle calls, got {budget!r}")
-    if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
-        raise InvalidInputError(f"min_similarity must be in [0, 1], got {min_similarity}")
-    if min_similarity is not None and not start:
-        raise InvalidInputError("a similarity floor (min_similarity) needs a start molecule")
-    obj = objective if isinstance(objective, Objective) else parse_objective(objective, guards)
-    cls = GradientSettings if method == "gradient" else BOSettings
-    if settings is None or isinstance(settings, dict):
-        settings = settings_from_dict(cls, settings)
-    elif not isinstance(settings, cls):
-        raise InvalidInputError(f"settings for method {method!r} must be {cls.__name__}, got {type(settings).__name__}")
-
-    canon_start = None
-    if start:
-        canon_start = chem.canonicalize(start)
-        if canon_start is None:
-            raise InvalidInputError(f"start molecule {start!r} is not a valid SMILES")
-        reason = model.tokenize(canon_start)
-        if isinstance(reason, str):
-            raise InvalidInputError(f"start molecule {start!r} cannot be encoded by this model: {reason}")
-    init = None
-    known = None
-    if init_scores is not None:
-        if init_smiles is None:
-            raise InvalidInputError("init_scores needs init_smiles (the molecules they score)")
-        init_scores = np.asarray(init_scores, dtype=float).reshape(-1)
-        if len(init_scores) != len(init_smiles):
-            raise InvalidInputError(f"{len(init_smiles)} initial molecules but {len(init_scores)} initial scores")
-    if init_smiles is not None:
-        canon = [chem.canonicalize(s) for s in init_smiles]
-        first = {}
-        for i, c in enumerate(canon):
-            if c and c not in first:
-                first[c] = i
-        init = list(first)
-        if not init:
-            raise InvalidInputError("none of the initial molecules is a valid SMILES")
-        if init_scores is not None:
-            from .design import KnownSet
-
-            known = KnownSet(init, init_scores[list(first.values())])
-            if not len(known):
-                raise InvalidInputError("none of the initial scores is a finite number")
-
+    obj, settings = _check_options(method, objective, budget, start, min_similarity, guards, settings)
+    canon_start = _start_molecule(model, start) if start else None
+    init, known = _initial_design(init_smiles, init_scores)
     seed_value = 0 if seed is None else int(seed)
     rng = np.random.default_rng(seed_value)
     model.net.eval()
@@ -159,3 +115,63 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
         log=oracle.log(), elapsed_s=time.perf_counter() - t0, start_smiles=canon_start, start_score=start_score,
         min_similarity=min_similarity, settings=dataclasses.asdict(settings), stop_reason=stop,
         objective_s=oracle.objective_s)
+
+
+def _check_options(method: str, objective: str | Objective, budget: int, start: str | None,
+                   min_similarity: float | None, guards: Guards | None, settings
+                   ) -> tuple[Objective, GradientSettings | BOSettings]:
+    """The objective and the method's settings, after checking the options :func:`optimize` takes."""
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    if not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise InvalidInputError(f"budget must be a positive number of oracle calls, got {budget!r}")
+    if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
+        raise InvalidInputError(f"min_similarity must be in [0, 1], got {min_similarity}")
+    if min_similarity is not None and not start:
+        raise InvalidInputError("a similarity floor (min_similarity) needs a start molecule")
+    obj = objective if isinstance(objective, Objective) else parse_objective(objective, guards)
+    cls = GradientSettings if method == "gradient" else BOSettings
+    if settings is None or isinstance(settings, dict):
+        settings = settings_from_dict(cls, settings)
+    elif not isinstance(settings, cls):
+        raise InvalidInputError(f"settings for method {method!r} must be {cls.__name__}, got {type(settings).__name__}")
+    return obj, settings
+
+
+def _start_molecule(model, start: str) -> str:
+    """The canonical start molecule, checked to be one the model can encode."""
+    canon_start = chem.canonicalize(start)
+    if canon_start is None:
+        raise InvalidInputError(f"start molecule {start!r} is not a valid SMILES")
+    reason = model.tokenize(canon_start)
+    if isinstance(reason, str):
+        raise InvalidInputError(f"start molecule {start!r} cannot be encoded by this model: {reason}")
+    return canon_start
+
+
+def _initial_design(init_smiles: Sequence[str] | None, init_scores: Sequence[float] | None):
+    """``(distinct canonical initial molecules or None, their known scores as a KnownSet or None)``."""
+    init = None
+    known = None
+    if init_scores is not None:
+        if init_smiles is None:
+            raise InvalidInputError("init_scores needs init_smiles (the molecules they score)")
+        init_scores = np.asarray(init_scores, dtype=float).reshape(-1)
+        if len(init_scores) != len(init_smiles):
+            raise InvalidInputError(f"{len(init_smiles)} initial molecules but {len(init_scores)} initial scores")
+    if init_smiles is not None:
+        canon = [chem.canonicalize(s) for s in init_smiles]
+        first = {}
+        for i, c in enumerate(canon):
+            if c and c not in first:
+                first[c] = i
+        init = list(first)
+        if not init:
+            raise InvalidInputError("none of the initial molecules is a valid SMILES")
+        if init_scores is not None:
+            from .design import KnownSet
+
+            known = KnownSet(init, init_scores[list(first.values())])
+            if not len(known):
+                raise InvalidInputError("none of the initial scores is a finite number")
+    return init, known

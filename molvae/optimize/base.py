@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import _ConfigMixin
 from ..errors import InvalidInputError
 
 __all__ = ["GradientSettings", "BOSettings", "OptimizationResult", "decode_smiles", "encode_smiles",
@@ -18,7 +18,7 @@ __all__ = ["GradientSettings", "BOSettings", "OptimizationResult", "decode_smile
 
 
 @dataclass(frozen=True)
-class GradientSettings:
+class GradientSettings(_ConfigMixin):
     """Gradient ascent in latent space (on the property head, else on a fitted MLP surrogate).
 
     Each round runs ``n_starts`` paths for ``steps`` steps of length ``step_size`` (latent
@@ -47,7 +47,7 @@ class GradientSettings:
 
 
 @dataclass(frozen=True)
-class BOSettings:
+class BOSettings(_ConfigMixin):
     """Batch Bayesian optimization with a local GP on latent vectors inside a TuRBO trust region.
 
     The GP (BoTorch ``SingleTaskGP``) models the objective on latent vectors scaled to the
@@ -91,14 +91,10 @@ class BOSettings:
             raise InvalidInputError(f"n_candidates must be >= batch_size ({self.batch_size}), got {self.n_candidates}")
 
 
-def settings_from_dict(cls: type, options: dict[str, Any] | None):
-    """Build ``cls`` from ``options`` ignoring ``None`` values; unknown keys are an error."""
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise InvalidInputError(f"unknown {cls.__name__} option(s) {unknown}; expected some of {sorted(names)}")
-    return cls(**options)
+def settings_from_dict(cls: type[GradientSettings] | type[BOSettings], options: dict[str, Any] | None):
+    """``cls.from_dict`` (the configs' one reader: unknown keys are an error) of ``options`` without
+    its ``None`` values, which stand for "the default" (options a command line did not set)."""
+    return cls.from_dict({k: v for k, v in (options or {}).items() if v is not None})
 
 
 @dataclass
