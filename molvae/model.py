@@ -29,12 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-RNN_IMPLS = ("padded", "packed")
-
 from .config import ModelConfig
 from .vocab import Vocabulary
 
-__all__ = ["VAE", "VAEOutput", "kl_divergence", "RNN_IMPLS"]
+__all__ = ["VAE", "VAEOutput", "kl_divergence"]
 
 
 @dataclass
@@ -149,6 +147,13 @@ class VAE(nn.Module):
         # One layer, two directions. The forward direction reads its state at the last real
         # token; the backward one runs over each sequence reversed in place (padding stays at
         # the end), so it too starts at the last real token and ends at the first.
+        # Private API, on purpose: torch._VF.gru is the kernel nn.GRU itself calls, and it is the only
+        # way to run ONE direction of a bidirectional nn.GRU with its own weights (rnn._flat_weights,
+        # forward half then reverse half). The public ways cost more: calling the module twice
+        # (right- and left-padded input) doubles the encoder's work; torch.func.functional_call on
+        # a one-direction template GRU gives the same bits but makes cuDNN copy non-contiguous
+        # weights on every call; two one-direction GRU modules would change the state_dict layout
+        # of every saved model. tests/test_scale.py checks this path against packed and naive GRUs.
         w = rnn._flat_weights
         n = len(w) // 2
         h0 = emb.new_zeros(1, B, rnn.hidden_size)

@@ -11,12 +11,10 @@ import torch
 from click.testing import CliRunner
 from rdkit import Chem
 
-from molvae import MolVAE, TrainConfig, Vocabulary, chem, train
-from molvae.checkpoint import load_checkpoint
+from molvae import MolVAE, Vocabulary, chem, train
 from molvae.cli import main
-from molvae.data import TokenData, bucket_batches, prepare, read_molecules, split_indices
+from molvae.data import prepare, read_molecules, split_indices
 from molvae.errors import InvalidInputError, VocabularyError
-from molvae.model import VAE
 from molvae.train import kl_weight_at
 
 from conftest import TINY_MODEL, tiny_train_config
@@ -28,7 +26,8 @@ def test_helpers_return_none_on_garbage():
     assert chem.to_mol("not a smiles") is None
     assert chem.to_mol("") is None
     assert chem.canonicalize("C1CC") is None
-    assert chem.to_smiles("[C][garbage") is None or isinstance(chem.to_smiles("[C][garbage"), str)
+    assert chem.to_smiles("[C][garbage") is None  # selfies refuses the unclosed token: None, not an exception
+    assert chem.to_smiles("") is None and chem.to_smiles(None) is None
     assert chem.to_selfies(None) is None
     assert isinstance(chem.process_smiles("xyz"), str)
 
@@ -107,16 +106,6 @@ def test_split_is_seeded_and_disjoint():
     b = split_indices(100, 0.1, seed=3)
     assert np.array_equal(a[0], b[0]) and len(a[1]) == 10
     assert set(a[0]).isdisjoint(a[1]) and len(set(a[0]) | set(a[1])) == 100
-
-
-def test_bucketed_batches_cover_each_molecule_once():
-    lengths = np.random.default_rng(0).integers(5, 60, size=1000)
-    idx = np.arange(1000)
-    batches = bucket_batches(lengths, idx, 32, shuffle=True, rng=np.random.default_rng(1))
-    flat = np.concatenate(batches)
-    assert sorted(flat.tolist()) == list(range(1000))
-    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
-    assert spread < 10  # bucketing keeps lengths within a batch close
 
 
 # ----------------------------------------------------------------------------- model + training
@@ -206,25 +195,6 @@ def test_encode_reports_rejects_in_order(tiny_model):
     assert z.shape == (3, 4)
     assert np.isfinite(z[0]).all() and np.isnan(z[1]).all() and np.isnan(z[2]).all()
     assert reasons[0] is None and "parse" in reasons[1] and "vocabulary" in reasons[2]
-
-
-def test_packed_loss_equals_padded_masked_loss():
-    """Loss over packed tokens equals cross-entropy on padded logits with padding masked."""
-    torch.manual_seed(0)
-    net = VAE(TINY_MODEL, 10)
-    net.eval()
-    tokens = torch.tensor([[4, 5, 6, 2], [7, 2, 0, 0], [4, 4, 2, 0]])
-    lengths = torch.tensor([4, 2, 3])
-    out = net(tokens, lengths, sample=False)
-    mu, _ = net.encode(tokens, lengths)
-    B, L = tokens.shape
-    inputs = torch.cat([torch.full((B, 1), net.bos_id), tokens[:, :-1]], 1)
-    x = torch.cat([net.embedding(inputs), mu.unsqueeze(1).expand(-1, L, -1)], -1)
-    y, _ = net.decoder_rnn(x, net.initial_hidden(mu))
-    ce = torch.nn.functional.cross_entropy(net.output(y).transpose(1, 2), tokens, reduction="none")
-    mask = torch.arange(L)[None] < lengths[:, None]
-    expected = (ce * mask).sum(1)
-    assert torch.allclose(out.recon, expected, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- CLI
