@@ -232,7 +232,7 @@ def describe_train(smiles: Sequence[str], workers: Workers, label: str = "train"
 cache_dir = default_cache_dir
 
 
-def _versions() -> str:
+def _versions_in_key() -> str:
     """The libraries whose versions change reference statistics, as they appear in a cache key."""
     found = versions("rdkit", "fcd")
     return f"rdkit={found['rdkit']}|fcd={found['fcd'] or 'none'}"
@@ -240,7 +240,7 @@ def _versions() -> str:
 
 def _key(kind: str, source: SmilesSource) -> str:
     settings = (f"v{STATS_VERSION}|{kind}|morgan{FP_RADIUS}-{FP_BITS}|minrings{MIN_SCAFFOLD_RINGS}|"
-                f"{_versions()}|{source.digest()}")
+                f"{_versions_in_key()}|{source.digest()}")
     return f"{kind}-{hashlib.sha256(settings.encode()).hexdigest()[:32]}"
 
 
