@@ -148,20 +148,22 @@ class VAE(nn.Module):
         # token; the backward one runs over each sequence reversed in place (padding stays at
         # the end), so it too starts at the last real token and ends at the first.
         # Private API, on purpose: torch._VF.gru is the kernel nn.GRU itself calls, and it is the only
-        # way to run ONE direction of a bidirectional nn.GRU with its own weights (rnn._flat_weights,
-        # forward half then reverse half). The public ways cost more: calling the module twice
-        # (right- and left-padded input) doubles the encoder's work; torch.func.functional_call on
-        # a one-direction template GRU gives the same bits but makes cuDNN copy non-contiguous
-        # weights on every call; two one-direction GRU modules would change the state_dict layout
-        # of every saved model. tests/test_scale.py checks this path against packed and naive GRUs.
-        w = rnn._flat_weights
-        n = len(w) // 2
+        # way to run ONE direction of a bidirectional nn.GRU with its own weights. The public ways cost
+        # more: calling the module twice (right- and left-padded input) doubles the encoder's work; a
+        # one-direction template GRU sharing these parameters needs its own construction (random init
+        # must not touch the training's random stream) and stays in sync only while no conversion
+        # replaces the parameter objects; two one-direction GRU modules would change the state_dict
+        # layout of every saved model. The weights are read by their public names.
+        # tests/test_scale.py checks this path against the packed GRU and a naive one.
+        names = ("weight_ih_l0", "weight_hh_l0") + (("bias_ih_l0", "bias_hh_l0") if rnn.bias else ())
+        w_f = [getattr(rnn, name) for name in names]
+        w_b = [getattr(rnn, f"{name}_reverse") for name in names]
         h0 = emb.new_zeros(1, B, rnn.hidden_size)
-        out_f, _ = torch._VF.gru(emb, h0, w[:n], rnn.bias, 1, 0.0, self.training, False, True)
+        out_f, _ = torch._VF.gru(emb, h0, w_f, rnn.bias, 1, 0.0, self.training, False, True)
         pos = torch.arange(L, device=emb.device).unsqueeze(0)
         rev = torch.where(pos <= last.unsqueeze(1), last.unsqueeze(1) - pos, pos)
         emb_r = emb.gather(1, rev.unsqueeze(-1).expand(-1, -1, emb.shape[-1]))
-        out_b, _ = torch._VF.gru(emb_r, h0, w[n:], rnn.bias, 1, 0.0, self.training, False, True)
+        out_b, _ = torch._VF.gru(emb_r, h0, w_b, rnn.bias, 1, 0.0, self.training, False, True)
         return torch.cat([out_f[rows, last], out_b[rows, last]], dim=-1)
 
     @staticmethod
