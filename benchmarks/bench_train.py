@@ -93,7 +93,8 @@ def run_one(args: argparse.Namespace) -> dict:
     from molvae.config import ModelConfig, TrainConfig
     from molvae.core import resolve_device
     from molvae.model import VAE
-    from molvae.train import _autocast, evaluate_loss, kl_term, use_mixed_precision
+    from molvae.diagnostics import autocast as _autocast, evaluate_loss
+    from molvae.training.schedules import kl_term, use_mixed_precision
 
     spec = CONFIGS[args.only]
     if args.threads:

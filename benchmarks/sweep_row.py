@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from molvae.sample import fit_prior, perturbation_quality
 
     model = MolVAE.load(run / "model.pt")
-    from molvae.train import use_mixed_precision
+    from molvae.training.schedules import use_mixed_precision
 
     if "precision" not in record:  # what the run used, unless given (rows trained by an older rule)
         record["precision"] = "bf16" if use_mixed_precision(model.train_config, torch.device("cpu")) else "fp32"

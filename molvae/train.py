@@ -39,7 +39,7 @@ from ._version import versions
 from .checkpoint import atomic_write, load_checkpoint
 from .config import ModelConfig, TrainConfig, progress_wanted, resume_changeable
 from .core import MolVAE, resolve_device
-from .diagnostics import (active_units, autocast, best_epoch, evaluate_loss, greedy_reconstruction_rate,
+from .diagnostics import (active_units, best_epoch, evaluate_loss, greedy_reconstruction_rate,
                           latent_means, selection_loss)
 from .distributed import DistContext, init_from_env
 from .errors import CheckpointError, InvalidInputError
@@ -56,10 +56,6 @@ __all__ = ["train", "TrainResult", "Trainer", "TrainState", "kl_weight_at", "lea
            "use_mixed_precision", "kl_term", "property_loss"]
 
 log = logging.getLogger(__name__)
-
-#: Old private name of :func:`molvae.diagnostics.autocast` (benchmarks/bench_train.py uses it).
-_autocast = autocast
-
 
 @dataclass
 class TrainResult:

@@ -110,7 +110,7 @@ def test_split_is_seeded_and_disjoint():
 
 # ----------------------------------------------------------------------------- model + training
 
-def test_loss_decreases_and_schedules():
+def test_kl_weight_schedules():
     cfg = tiny_train_config()
     assert kl_weight_at(cfg.replace(kl_schedule="constant"), 0) == cfg.kl_weight
     assert kl_weight_at(cfg, 0) == 0 and kl_weight_at(cfg, 1) == pytest.approx(0.5) and kl_weight_at(cfg, 5) == 1
