@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
 LATEST_POINTER = "LATEST"
-DEFAULT_SHIPPED = "moses-small"
+DEFAULT_SHIPPED = "moses"
 
 
 def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

@@ -69,6 +69,34 @@ def test_shipped_samples_are_valid_and_unique(samples):
 
 
 @needs_shipped
+def test_shipped_samples_look_like_the_training_set(shipped):
+    """A cheap proxy of sample quality, so a regression of the default model fails CI.
+
+    500 samples from the default prior (seed 0) against the shipped MOSES sample (data/). The default
+    model measured Filters 0.800, mean SA 3.08 (training molecules 2.43) and 0.948 without a ring over
+    8 atoms; the floors below are those figures less about three binomial standard deviations (bf16
+    sampling differs slightly between CPUs). They are short of issue #14's goal (Filters 0.9, SA within
+    0.5, 0.98): the model does not reach it yet (see its card). ``moses-small`` fails all three.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from molvae.metrics.filters import passes_filters
+
+    table = shipped.sample(500, seed=0)
+    mols = [chem.to_mol(s) for s in table["smiles"]]
+    assert all(m is not None for m in mols)
+    filters = np.mean([passes_filters(m) for m in mols])
+    sa = np.mean([chem.synthetic_accessibility(m) for m in mols])
+    reference = pd.read_csv(ROOT / "data" / "moses_sample.csv").iloc[:1000, 0]
+    sa_train = np.mean([chem.synthetic_accessibility(chem.to_mol(s)) for s in reference])
+    no_macrocycle = np.mean([chem.largest_ring(m) <= 8 for m in mols])
+    assert filters >= 0.75, filters
+    assert abs(sa - sa_train) <= 0.85, (sa, sa_train)
+    assert no_macrocycle >= 0.92, no_macrocycle
+
+
+@needs_shipped
 def test_recorded_vocabulary_decodes_the_samples(samples):
     data = torch.load(SHIPPED, map_location="cpu", weights_only=True)
     vocab = Vocabulary.from_list(data["vocab"])
@@ -105,8 +133,16 @@ def test_models_command_lists_the_shipped_model():
 
 
 # ---------------------------------------------------------------------------- the model card
-def _card_command() -> list[str]:
+def _card_section(name: str = DEFAULT_SHIPPED) -> str:
+    """The part of the model card under ``## name`` (up to the next ``## `` heading)."""
     text = CARD.read_text(encoding="utf-8")
+    match = re.search(rf"^## {re.escape(name)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
+    assert match, f"the model card has no '## {name}' section"
+    return match.group(1)
+
+
+def _card_command() -> list[str]:
+    text = _card_section()
     blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S)
     commands = [b for b in blocks if "scripts/train_moses.py" in b]
     assert commands, "the model card has no code block with the scripts/train_moses.py command"
@@ -150,7 +186,7 @@ def test_card_command_matches_the_shipped_model():
     n_input = data["metadata"]["n_input"]
     if args.n_molecules:  # a seeded subset; 0 = the whole file
         assert n_input == args.n_molecules
-    assert f"{n_input:,}" in CARD.read_text(encoding="utf-8"), "the card does not say how many molecules were read"
+    assert f"{n_input:,}" in _card_section(), "the card does not say how many molecules were read"
     checked = 0
     for key, value in params.items():
         if value is None or key not in _MAP:
@@ -163,7 +199,7 @@ def test_card_command_matches_the_shipped_model():
 
 @needs_card
 def test_card_names_data_licence_seed_hardware_and_version():
-    text = CARD.read_text(encoding="utf-8")
+    text = _card_section()
     for needle in ("MOSES", "MIT licence", "Seed", "CPU", "wall time", "molvae 0."):
         assert needle in text, needle
 
@@ -176,7 +212,7 @@ def test_card_metrics_are_the_benchmark_output():
     if not path.is_file():
         pytest.skip(f"{path.name} not there yet: benchmarks/moses_benchmark.py has not been run on the shipped model")
     record = json.loads(path.read_text(encoding="utf-8"))
-    text = CARD.read_text(encoding="utf-8")
+    text = _card_section()
     assert record["n_samples"] == 30000
     for name in ("valid", "unique@10k", "FCD/Test", "SNN/Test", "IntDiv", "Filters", "Novelty"):
         value = record["row"][name]
