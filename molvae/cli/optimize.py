@@ -143,6 +143,12 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
                    init_smiles=init, init_scores=init_scores, log_path=out, top_k=top_k,
                    progress=progress_wanted(progress),
                    settings=settings)
+    _report_result(res, min_similarity=min_similarity, out=out, json_out=json_out, grid=grid)
+
+
+def _report_result(res, *, min_similarity, out, json_out, grid) -> None:
+    """What `molvae optimize` prints and writes after the search: a summary on stderr, the log and JSON
+    paths, the top molecules as CSV on stdout, and the optional grid picture."""
     click.echo(f"{res.n_calls} oracle calls in {res.elapsed_s:.1f} s ({res.stop_reason}); "
                f"{len(res.log)} distinct molecules seen", err=True)
     if res.start_smiles is not None:
