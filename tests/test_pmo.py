@@ -131,3 +131,18 @@ def test_summary_table_means_over_seeds(tmp_path):
     assert "0.710 ± 0.014 (n=2)" in median and "| — |" in median and "0.357" in median
     assert "0.900 (n=1, 1 stopped early)" in next(line for line in lines if line.startswith("| qed |"))
     assert lines[-1].startswith("| sum over 0 tasks |")   # no task has both methods
+
+
+def test_campaign_plan_covers_every_offline_task_and_skips_finished_runs(tmp_path, capsys):
+    campaign = _load("pmo_campaign")
+    oracles = _oracles()
+    runs = campaign.plan(["bo"], 3)
+    assert runs[:5] == [(t, "bo", 0) for t in campaign.THREE_SEEDS]
+    assert {t for t, _, s in runs if s == 0} == set(oracles.TASKS)
+    assert sorted(t for t, _, s in runs if s > 0) == sorted(campaign.THREE_SEEDS * 2)
+    assert len(runs) == len(set(runs)) == len(oracles.TASKS) + 10
+    (tmp_path / "qed_bo_seed0.json").write_text("{}")
+    assert campaign.main(["--dry-run", "--out", str(tmp_path), "--budget", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(runs) - 1
+    assert lines[0].startswith("python benchmarks/pmo.py --oracle celecoxib_rediscovery --method bo --seed 0 --budget 50")
