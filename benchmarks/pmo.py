@@ -2,7 +2,7 @@
 r"""One run of the PMO benchmark (Gao et al. 2022, "Sample efficiency matters", ``mol_opt``) with molvae.
 
     python benchmarks/pmo.py --oracle celecoxib_rediscovery --budget 10000 --seed 0 --method bo \
-        --model moses-small --threads 1 --out benchmarks/results/pmo
+        --model zinc250k --threads 1 --out benchmarks/results/pmo
 
 writes ``DIR/<oracle>_<method>_seed<S>.json``: every oracle call's score in call order, AUC top-1/10/100
 as ``mol_opt`` computes it, the top-1/10/100 mean at the budget, the 100 best molecules, wall and
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", type=int, default=10000, help="oracle calls [10000]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", choices=["bo", "gradient"], default="bo")
-    ap.add_argument("--model", default="moses-small", help="model file, run folder or shipped name [moses-small]")
+    ap.add_argument("--model", default="zinc250k",
+                    help="model file, run folder or shipped name [zinc250k: the shipped ZINC250k model]")
     ap.add_argument("--init", help="SMILES file for the initial design (scored: its calls count); default prior samples")
     ap.add_argument("--settings", type=json.loads, default=None, metavar="JSON", help="method settings as JSON")
     ap.add_argument("--threads", type=int, default=1, help="torch threads [1]")

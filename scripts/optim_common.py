@@ -87,8 +87,9 @@ def train_command(data: Path, run_dir: Path, minutes: float, seed: int, properti
 
 
 def get_model(args: Any, properties: tuple[str, ...] = ("qed", "plogp")) -> str:
-    """``args.model`` if given, else train a quick model on ZINC250k for ``args.train_minutes`` minutes."""
-    if args.model:
+    """``args.model`` (default: the shipped ``zinc250k``); with ``--model train``, a quick model trained on
+    ZINC250k for ``args.train_minutes`` minutes (reused when its run folder already holds one)."""
+    if args.model != "train":
         return args.model
     run = Path(args.work_dir) / f"zinc-model-{args.train_minutes:g}min-seed{args.seed}"
     if (run / "model.pt").is_file():
@@ -104,11 +105,13 @@ def get_model(args: Any, properties: tuple[str, ...] = ("qed", "plogp")) -> str:
 
 def add_common_arguments(ap) -> None:
     ap.add_argument("zinc", nargs="?", default=DEFAULT_ZINC, help=f"ZINC250k SMILES file [{DEFAULT_ZINC}]")
-    ap.add_argument("--model", help="a trained molvae model (file or run folder); default: train one")
+    ap.add_argument("--model", default="zinc250k",
+                    help="a molvae model (file, run folder or shipped name), or 'train' to train a quick one "
+                         "[zinc250k: the shipped ZINC250k model with a QED + pLogP head]")
     ap.add_argument("--train-minutes", type=float, default=25.0,
-                    help="when no --model: minutes of training on ZINC250k [25]")
+                    help="with --model train: minutes of training on ZINC250k [25]")
     ap.add_argument("--train-molecules", type=int, default=50000,
-                    help="when no --model: size of the seeded ZINC250k training subset (0 = all) [50000]")
+                    help="with --model train: size of the seeded ZINC250k training subset (0 = all) [50000]")
     ap.add_argument("--work-dir", default="runs/optimization", help="where data subsets and models go")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
