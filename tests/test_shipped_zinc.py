@@ -130,3 +130,19 @@ def test_card_command_is_what_the_shipped_model_records(monkeypatch):
     section = _card_section()
     for needle in ("ZINC250k", "Seed", "CPU", "wall time", "molvae 0.", f"{data['metadata']['n_input']:,}"):
         assert needle in section, needle
+
+
+def test_models_command_names_the_property_head():
+    import json
+
+    from click.testing import CliRunner
+
+    from molvae.cli import main
+
+    result = CliRunner().invoke(main, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    heads = {i["name"]: i["property_head"] for i in json.loads(result.stdout)}
+    assert heads[NAME] == ["qed", "plogp"] and heads["moses"] == []
+    text = CliRunner().invoke(main, ["models"]).stdout
+    block = text[text.index(f"{NAME}  ("):]
+    assert "head        qed, plogp" in block

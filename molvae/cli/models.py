@@ -73,6 +73,7 @@ def describe_model(name: str, path: Path) -> dict[str, Any]:
         "versions": dict(data.get("versions") or {}),
         "priors": ["normal", *sorted((data.get("priors") or {}).keys())],
         "default_prior": data.get("default_prior") or "normal",
+        "property_head": list(config.get("property_names") or []),
         "metrics": None,
     }
     mpath = metrics_path(path)
@@ -109,6 +110,9 @@ def _text(info: dict[str, Any]) -> str:
     others = [p for p in info.get("priors", ["normal"]) if p != info.get("default_prior", "normal")]
     lines.append(f"  prior       {info.get('default_prior', 'normal')} (generate's default)"
                  + (f"; also {', '.join(others)}" if others else ""))
+    head = info.get("property_head")
+    lines.append(f"  head        {', '.join(head)} (molvae predict; optimize's gradient method)" if head
+                 else "  head        none")
     metrics = info.get("metrics")
     if metrics:
         shown = [f"{k} {_fmt(metrics[k])}" for k in MOSES_COLUMNS if k in metrics]
