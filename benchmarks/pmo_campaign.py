@@ -57,19 +57,21 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(["python", "benchmarks/pmo.py", *cmd[2:]]))
         return 0
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    running: list[tuple[subprocess.Popen, str]] = []
+    running: list[tuple[subprocess.Popen, str, object]] = []
     failed = 0
     while commands or running:
         while commands and len(running) < args.jobs:
             cmd = commands.pop(0)
             name = f"{cmd[3]}_{cmd[5]}_seed{cmd[7]}"
             log = open(out / "logs" / f"{name}.log", "w")
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), name))
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), name, log))
             print(f"{time.strftime('%H:%M:%S')} started {name}", file=sys.stderr, flush=True)
         time.sleep(2)
-        for proc, name in list(running):
+        for entry in list(running):
+            proc, name, log = entry
             if proc.poll() is not None:
-                running.remove((proc, name))
+                running.remove(entry)
+                log.close()
                 failed += proc.returncode != 0
                 print(f"{time.strftime('%H:%M:%S')} {name}: exit {proc.returncode}", file=sys.stderr, flush=True)
     return 1 if failed else 0
