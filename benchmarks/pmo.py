@@ -93,6 +93,8 @@ def run(args) -> dict:
 
     from molvae import MolVAE
     from molvae.checkpoint import versions
+    from molvae.core import find_model
+    from molvae.data import file_hash
     from molvae.objectives import Guards, parse_objective
     from molvae.optimize import optimize
 
@@ -106,6 +108,7 @@ def run(args) -> dict:
     pmo_oracles.oracle(args.oracle)  # import GuacaMol now: a missing install is one line, before the model loads
     torch.set_num_threads(args.threads)
     model = MolVAE.load(args.model)
+    model_sha256 = file_hash(find_model(args.model)[0])  # which weights: a shipped name may be retrained
     objective = parse_objective(f"{ORACLES}:{args.oracle}", Guards(max_heavy_atoms=None, allow_radicals=True))
     init = None
     if args.init:
@@ -120,7 +123,7 @@ def run(args) -> dict:
 
     return {
         "benchmark": "pmo", "oracle": args.oracle, "method": args.method, "seed": args.seed, "budget": args.budget,
-        "model": args.model, "latent_dim": model.config.latent_dim, "init": args.init, "n_calls": len(scores),
+        "model": args.model, "model_sha256": model_sha256, "latent_dim": model.config.latent_dim, "init": args.init, "n_calls": len(scores),
         "stop_reason": res.stop_reason, **summarize(smiles, scores, args.budget),
         "wall_s": round(wall, 2), "objective_s": round(res.objective_s, 2),
         "overhead_s_per_call": round((wall - res.objective_s) / max(len(scores), 1), 4),

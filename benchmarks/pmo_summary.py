@@ -104,6 +104,13 @@ def table(runs: list[dict]) -> str:
     for values in PUBLISHED.values():
         sum_row.append(f"{sum(values[t] for t in complete):.3f}" if all(t in values for t in complete) else "—")
     lines.append("| " + " | ".join(sum_row) + " |")
+    models = sorted({(r.get("model", "?"), r.get("model_sha256", "not recorded")[:12]) for r in runs})
+    if len(models) > 1:  # a shipped name can be retrained: say so rather than average over two models
+        counts = {m: sum((r.get("model", "?"), r.get("model_sha256", "not recorded")[:12]) == m for r in runs)
+                  for m in models}
+        lines.append("")
+        lines.append("**These runs used more than one model file:** " + "; ".join(
+            f"{name} sha256 {sha}: {counts[name, sha]} runs" for name, sha in models))
     return "\n".join(lines) + "\n"
 
 

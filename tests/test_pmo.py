@@ -13,6 +13,7 @@ import pytest
 from rdkit.Chem import QED
 
 from molvae import chem
+from molvae.data import file_hash
 from molvae.objectives import parse_objective
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -107,6 +108,7 @@ def test_pmo_run_end_to_end(tiny_model, tmp_path):
     assert data["auc_top10"] == pytest.approx(pmo.top_auc(data["scores"], 10, 14), abs=1e-6)
     assert data["top1"] == pytest.approx(max(data["scores"]), abs=1e-6)
     assert data["settings"]["batch_size"] == 4 and "guacamol" in data["versions"]
+    assert data["model_sha256"] == file_hash(tiny_model.path)
     # The scores are the oracle's: QED of the logged molecules.
     best = data["top100_molecules"][0]
     assert best["score"] == pytest.approx(QED.qed(chem.to_mol(best["smiles"])), abs=1e-6)
@@ -131,6 +133,13 @@ def test_summary_table_means_over_seeds(tmp_path):
     assert "0.710 ± 0.014 (n=2)" in median and "| — |" in median and "0.357" in median
     assert "0.900 (n=1, 1 stopped early)" in next(line for line in lines if line.startswith("| qed |"))
     assert lines[-1].startswith("| sum over 0 tasks |")   # no task has both methods
+    # runs of two model files (a shipped name retrained) are not averaged silently
+    (tmp_path / "qed_bo_seed0.json").write_text(json.dumps(
+        {"benchmark": "pmo", "oracle": "qed", "method": "bo", "seed": 0, "budget": 10000, "n_calls": 10000,
+         "auc_top10": 0.94, "model": "zinc250k", "model_sha256": "ab" * 32}))
+    text = pmo_summary.table(pmo_summary.load(tmp_path))
+    assert "more than one model file" in text and f"zinc250k sha256 {'ab' * 6}: 1 runs" in text
+    assert "not recorded: 3 runs" in text
 
 
 def test_campaign_plan_covers_every_offline_task_and_skips_finished_runs(tmp_path, capsys):
