@@ -287,7 +287,9 @@ class TrainConfig(_ConfigMixin):
                                     cli="checkpoint-every", low=0, on_resume=True)
     recon_eval_size: int = setting(500, "Validation molecules decoded for reconstruction accuracy", low=0,
                                    on_resume=True)
-    property_weight: float = setting(1.0, "Weight of the property head's loss", low=0.0)
+    property_weight: float = setting(1.0, "Weight of the property head's loss (mean squared error of the "
+                                    "standardized targets) against the per-molecule reconstruction loss",
+                                    cli="property-weight", low=0.0)
     num_threads: int | None = setting(None, "CPU threads for torch", cli="threads", low=1, shown="torch's default",
                                       on_resume=True)
     max_time_minutes: float | None = setting(None, "Stop after this many minutes of training (validates and saves "

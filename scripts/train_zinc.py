@@ -21,13 +21,18 @@ import optim_common as oc
 from train_moses import split_argv
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv, extra = split_argv(list(sys.argv[1:] if argv is None else argv))
+def build_parser() -> argparse.ArgumentParser:
+    """The options before ``--`` (the rest go to `molvae train`)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("zinc", nargs="?", default=oc.DEFAULT_ZINC, help=f"ZINC250k SMILES file [{oc.DEFAULT_ZINC}]")
     ap.add_argument("--seed", type=int, default=0, help="seed of training (the split's seed is fixed: 0)")
     ap.add_argument("--out", default="runs/zinc250k", help="run folder")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv, extra = split_argv(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
 
     data = oc.training_subset(args.zinc, Path(args.out).parent, 0)
     cmd = [sys.executable, "-m", "molvae", "train", str(data), "--out", args.out, "--seed", str(args.seed), *extra]
