@@ -5,8 +5,8 @@ r"""Run the PMO campaign: ``benchmarks/pmo.py`` for every offline task and seed,
     python benchmarks/pmo_campaign.py --jobs 2 --dry-run                                # what it would run
 
 The plan, in this order: seed 0 of the five tasks issue 15 asks three seeds of (qed,
-celecoxib_rediscovery, osimertinib_mpo, fexofenadine_mpo, median1), seed 0 of every other offline
-task, then seeds 1 and 2 of the five. Each run writes its own JSON (``<oracle>_<method>_seed<S>.json``);
+celecoxib_rediscovery, osimertinib_mpo, fexofenadine_mpo, median1), their seeds 1 and 2, then seed 0
+of every other offline task. Each run writes its own JSON (``<oracle>_<method>_seed<S>.json``);
 a run whose JSON is already in ``--out`` is skipped, so a campaign cut short by the end of a session
 goes on where it stopped when started again. Each run uses one torch thread (``--jobs`` runs = cores),
 and its log goes to ``<out>/logs/``.
@@ -30,10 +30,9 @@ THREE_SEEDS = ("qed", "celecoxib_rediscovery", "osimertinib_mpo", "fexofenadine_
 
 def plan(methods: list[str], seeds: int) -> list[tuple[str, str, int]]:
     """``(oracle, method, seed)`` in the order they run."""
-    first = [(t, m, 0) for t in THREE_SEEDS for m in methods]
+    main_tasks = [(t, m, s) for s in range(seeds) for t in THREE_SEEDS for m in methods]
     rest = [(t, m, 0) for t in pmo_oracles.TASKS if t not in THREE_SEEDS for m in methods]
-    more = [(t, m, s) for s in range(1, seeds) for t in THREE_SEEDS for m in methods]
-    return first + rest + more
+    return main_tasks + rest
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,6 +147,7 @@ def test_campaign_plan_covers_every_offline_task_and_skips_finished_runs(tmp_pat
     oracles = _oracles()
     runs = campaign.plan(["bo"], 3)
     assert runs[:5] == [(t, "bo", 0) for t in campaign.THREE_SEEDS]
+    assert {s for _, _, s in runs[:15]} == {0, 1, 2}   # the five main tasks' three seeds come first
     assert {t for t, _, s in runs if s == 0} == set(oracles.TASKS)
     assert sorted(t for t, _, s in runs if s > 0) == sorted(campaign.THREE_SEEDS * 2)
     assert len(runs) == len(set(runs)) == len(oracles.TASKS) + 10
