@@ -228,7 +228,7 @@ class ModelConfig(_ConfigMixin):
     dropout: float = setting(0.0, "Dropout between stacked GRU layers", cli="dropout", low=0.0, high=1.0,
                              high_open=True)
     property_names: tuple[str, ...] = setting((), "Targets of the optional property head (molvae train --property)")
-    property_hidden_dim: int = setting(64, "Hidden size of the property head", low=1)
+    property_hidden_dim: int = setting(64, "Hidden size of the property head", cli="property-hidden-dim", low=1)
     max_len: int = setting(128, "Longest decoded sequence in tokens, <eos> included (set from the data at "
                            "training; not TrainConfig.max_selfies_tokens)", low=1)
 
