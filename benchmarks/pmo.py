@@ -111,9 +111,11 @@ def run(args) -> dict:
     model_sha256 = file_hash(find_model(args.model)[0])  # which weights: a shipped name may be retrained
     objective = parse_objective(f"{ORACLES}:{args.oracle}", Guards(max_heavy_atoms=None, allow_radicals=True))
     init = None
-    if args.init:
-        init = [line.split()[0] for line in Path(args.init).read_text().splitlines()
-                if line.strip() and line.split()[0].lower() != "smiles"]
+    if args.init:  # a seeded random n_init of these start the search, scored (they cost calls, as in mol_opt)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+        from optim_common import read_zinc  # one SMILES per line, plain, gzipped or ZINC250k's gzipped tar
+
+        init = read_zinc(args.init)
     t0 = time.perf_counter()
     res = optimize(model, objective, method=args.method, budget=args.budget, seed=args.seed, init_smiles=init,
                    settings=args.settings, top_k=100)
@@ -145,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--method", choices=["bo", "gradient"], default="bo")
     ap.add_argument("--model", default="zinc250k",
                     help="model file, run folder or shipped name [zinc250k: the shipped ZINC250k model]")
-    ap.add_argument("--init", help="SMILES file for the initial design (scored: its calls count); default prior samples")
+    ap.add_argument("--init", help="SMILES file (one per line; gzipped, or a gzipped tar as ZINC250k comes) the initial design is a seeded random "
+                    "choice of, scored (its calls count), e.g. ../shared/zinc250k/zinc250k.txt.gz as mol_opt's "
+                    "methods start from ZINC; default: samples of the model's prior")
     ap.add_argument("--settings", type=json.loads, default=None, metavar="JSON", help="method settings as JSON")
     ap.add_argument("--threads", type=int, default=1, help="torch threads [1]")
     ap.add_argument("--out", default="benchmarks/results/pmo", help="folder of the run's JSON [benchmarks/results/pmo]")

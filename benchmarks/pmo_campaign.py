@@ -3,6 +3,7 @@ r"""Run the PMO campaign: ``benchmarks/pmo.py`` for every offline task and seed,
 
     python benchmarks/pmo_campaign.py --jobs 2 --out benchmarks/results/pmo            # the whole plan
     python benchmarks/pmo_campaign.py --jobs 2 --dry-run                                # what it would run
+    python benchmarks/pmo_campaign.py --tasks main --methods gradient                   # the five main tasks only
 
 The plan, in this order: seed 0 of the five tasks issue 15 asks three seeds of (qed,
 celecoxib_rediscovery, osimertinib_mpo, fexofenadine_mpo, median1), their seeds 1 and 2, then seed 0
@@ -28,28 +29,32 @@ import pmo_oracles  # noqa: E402
 THREE_SEEDS = ("qed", "celecoxib_rediscovery", "osimertinib_mpo", "fexofenadine_mpo", "median1")
 
 
-def plan(methods: list[str], seeds: int) -> list[tuple[str, str, int]]:
-    """``(oracle, method, seed)`` in the order they run."""
+def plan(methods: list[str], seeds: int, tasks: str = "all") -> list[tuple[str, str, int]]:
+    """``(oracle, method, seed)`` in the order they run; ``tasks``: ``all``, ``main`` (the five) or ``rest``."""
     main_tasks = [(t, m, s) for s in range(seeds) for t in THREE_SEEDS for m in methods]
     rest = [(t, m, 0) for t in pmo_oracles.TASKS if t not in THREE_SEEDS for m in methods]
-    return main_tasks + rest
+    return {"all": main_tasks + rest, "main": main_tasks, "rest": rest}[tasks]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="bo", help="comma-separated: bo, gradient [bo]")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the five main tasks (others: seed 0) [3]")
+    ap.add_argument("--tasks", choices=["all", "main", "rest"], default="all",
+                    help="all offline tasks, the five main ones, or the rest [all]")
     ap.add_argument("--budget", type=int, default=10000, help="oracle calls per run [10000]")
     ap.add_argument("--model", default="zinc250k", help="passed to pmo.py [zinc250k]")
+    ap.add_argument("--init", help="passed to pmo.py: SMILES file the initial designs are drawn from [prior samples]")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each [2]")
     ap.add_argument("--out", default="benchmarks/results/pmo", help="folder of the JSON files")
     ap.add_argument("--dry-run", action="store_true", help="print the commands still to run and stop")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    todo = [(t, m, s) for t, m, s in plan(args.methods.split(","), args.seeds)
+    todo = [(t, m, s) for t, m, s in plan(args.methods.split(","), args.seeds, args.tasks)
             if not (out / f"{t}_{m}_seed{s}.json").is_file()]
     commands = [[sys.executable, str(HERE / "pmo.py"), "--oracle", t, "--method", m, "--seed", str(s),
-                 "--budget", str(args.budget), "--model", args.model, "--threads", "1", "--out", str(out)]
+                 "--budget", str(args.budget), "--model", args.model, "--threads", "1", "--out", str(out),
+                 *(["--init", args.init] if args.init else [])]
                 for t, m, s in todo]
     if args.dry_run:
         for cmd in commands:

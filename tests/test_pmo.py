@@ -114,6 +114,18 @@ def test_pmo_run_end_to_end(tiny_model, tmp_path):
     assert best["score"] == pytest.approx(QED.qed(chem.to_mol(best["smiles"])), abs=1e-6)
     table = pmo_summary.table(pmo_summary.load(out))
     assert "| qed | " in table and "(n=1, budget 14" in table and "0.936" in table   # SELFIES-VAE-BO's qed
+    # --init: the initial design is a seeded choice of a SMILES file's molecules (gzipped here), scored as such
+    import gzip
+    pool = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "OC(=O)c1ccccc1", "CC(C)Cc1ccc(C)cc1",
+            "c1ccncc1", "CCOC(=O)C", "NC(=O)c1cccnc1", "CC1=CC(=O)CC1"]
+    with gzip.open(tmp_path / "pool.txt.gz", "wt") as f:
+        f.write("smiles\n" + "\n".join(pool) + "\n")
+    pmo.main(["--oracle", "qed", "--budget", "14", "--seed", "1", "--method", "bo", "--model", str(tiny_model.path),
+              "--settings", settings, "--init", str(tmp_path / "pool.txt.gz"), "--out", str(out)])
+    data = json.loads((out / "qed_bo_seed1.json").read_text())
+    assert data["init"].endswith("pool.txt.gz")
+    first = {m["smiles"] for m in data["top100_molecules"] if m["call"] <= 6}
+    assert first and first <= {chem.canonicalize(s) for s in pool}, first
     with pytest.raises(SystemExit, match="cannot run offline"):
         pmo.main(["--oracle", "jnk3", "--budget", "5", "--model", str(tiny_model.path), "--out", str(out)])
 
@@ -151,8 +163,13 @@ def test_campaign_plan_covers_every_offline_task_and_skips_finished_runs(tmp_pat
     assert {t for t, _, s in runs if s == 0} == set(oracles.TASKS)
     assert sorted(t for t, _, s in runs if s > 0) == sorted(campaign.THREE_SEEDS * 2)
     assert len(runs) == len(set(runs)) == len(oracles.TASKS) + 10
+    assert campaign.plan(["bo"], 3, "main") == runs[:15]
+    assert campaign.plan(["gradient"], 1, "rest") == [(t, "gradient", 0) for t, _, s in runs[15:]]
     (tmp_path / "qed_bo_seed0.json").write_text("{}")
     assert campaign.main(["--dry-run", "--out", str(tmp_path), "--budget", "50"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(runs) - 1
     assert lines[0].startswith("python benchmarks/pmo.py --oracle celecoxib_rediscovery --method bo --seed 0 --budget 50")
+    assert campaign.main(["--dry-run", "--out", str(tmp_path), "--init", "zinc.txt.gz", "--tasks", "main"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 14 and all(line.endswith("--init zinc.txt.gz") for line in lines)
