@@ -96,8 +96,7 @@ def test_every_train_option_comes_from_a_config_field():
     # settings without an option are there on purpose (set otherwise, or config-file/API only)
     no_option = sorted(f.name for cls in (TrainConfig, ModelConfig) for f in dataclasses.fields(cls)
                        if not f.metadata.get("cli"))
-    assert no_option == ["extra", "kl_cycle_ratio", "max_len", "property_hidden_dim", "property_names",
-                         "property_weight", "recon_eval_size", "show_progress"]
+    assert no_option == ["extra", "kl_cycle_ratio", "max_len", "property_names", "recon_eval_size", "show_progress"]
 
 
 def test_every_config_field_has_help():
