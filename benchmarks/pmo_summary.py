@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""A markdown table of PMO runs: ``benchmarks/pmo.py`` JSON files in a folder -> AUC top-10 per task and method.
 
-    python benchmarks/pmo_summary.py benchmarks/results/pmo [--out table.md]
+    python benchmarks/pmo_summary.py benchmarks/results/pmo [--out table.md] [--also OTHER_FOLDER=LABEL]
 
 One row per task, one column per molvae method (mean ± standard deviation over seeds, and the number
 of seeds; a run that did not reach its budget is marked), then the published PMO rows where this
@@ -118,10 +118,19 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="folder of pmo.py JSON files")
     ap.add_argument("--out", type=Path, help="also write the table here")
+    ap.add_argument("--also", action="append", default=[], metavar="FOLDER=LABEL",
+                    help="runs of another folder as their own columns, 'molvae <method> (LABEL)' (repeatable), "
+                         "e.g. another model's runs")
     args = ap.parse_args(argv)
     runs = load(args.folder)
     if not runs:
         raise SystemExit(f"{args.folder}: no pmo.py JSON files")
+    for spec in args.also:
+        folder, sep, label = spec.partition("=")
+        more = load(Path(folder))
+        if not sep or not label or not more:
+            raise SystemExit(f"--also {spec}: expected FOLDER=LABEL with pmo.py JSON files in FOLDER")
+        runs += [{**r, "method": f"{r['method']} ({label})"} for r in more]
     text = table(runs)
     print(text, end="")
     if args.out:

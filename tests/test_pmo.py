@@ -130,7 +130,7 @@ def test_pmo_run_end_to_end(tiny_model, tmp_path):
         pmo.main(["--oracle", "jnk3", "--budget", "5", "--model", str(tiny_model.path), "--out", str(out)])
 
 
-def test_summary_table_means_over_seeds(tmp_path):
+def test_summary_table_means_over_seeds(tmp_path, capsys):
     for seed, auc in [(0, 0.70), (1, 0.72)]:
         (tmp_path / f"median1_bo_seed{seed}.json").write_text(json.dumps(
             {"benchmark": "pmo", "oracle": "median1", "method": "bo", "seed": seed, "budget": 10000,
@@ -152,6 +152,18 @@ def test_summary_table_means_over_seeds(tmp_path):
     text = pmo_summary.table(pmo_summary.load(tmp_path))
     assert "more than one model file" in text and f"zinc250k sha256 {'ab' * 6}: 1 runs" in text
     assert "not recorded: 3 runs" in text
+    # --also: another folder's runs as their own columns
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "qed_bo_seed0.json").write_text(json.dumps(
+        {"benchmark": "pmo", "oracle": "qed", "method": "bo", "seed": 0, "budget": 10000, "n_calls": 10000,
+         "auc_top10": 0.5}))
+    pmo_summary.main([str(tmp_path), "--also", f"{other}=old model"])
+    out = capsys.readouterr().out
+    assert "| molvae bo (old model) |" in out.splitlines()[0]
+    assert "| 0.500 (n=1) |" in next(line for line in out.splitlines() if line.startswith("| qed |"))
+    with pytest.raises(SystemExit, match="FOLDER=LABEL"):
+        pmo_summary.main([str(tmp_path), "--also", str(other)])
 
 
 def test_campaign_plan_covers_every_offline_task_and_skips_finished_runs(tmp_path, capsys):
