@@ -125,7 +125,8 @@ def run(args) -> dict:
 
     return {
         "benchmark": "pmo", "oracle": args.oracle, "method": args.method, "seed": args.seed, "budget": args.budget,
-        "model": args.model, "model_sha256": model_sha256, "latent_dim": model.config.latent_dim, "init": args.init, "n_calls": len(scores),
+        "model": args.model, "model_sha256": model_sha256, "latent_dim": model.config.latent_dim,
+        "init": args.init, "n_calls": len(scores),
         "stop_reason": res.stop_reason, **summarize(smiles, scores, args.budget),
         "wall_s": round(wall, 2), "objective_s": round(res.objective_s, 2),
         "overhead_s_per_call": round((wall - res.objective_s) / max(len(scores), 1), 4),
@@ -147,8 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--method", choices=["bo", "gradient"], default="bo")
     ap.add_argument("--model", default="zinc250k",
                     help="model file, run folder or shipped name [zinc250k: the shipped ZINC250k model]")
-    ap.add_argument("--init", help="SMILES file (one per line; gzipped, or a gzipped tar as ZINC250k comes) the initial design is a seeded random "
-                    "choice of, scored (its calls count), e.g. ../shared/zinc250k/zinc250k.txt.gz as mol_opt's "
+    ap.add_argument("--init", help="SMILES file (one per line; gzipped, or a gzipped tar as ZINC250k comes) the "
+                    "initial design is a seeded random choice of, scored (its calls count), e.g. "
+                    "../shared/zinc250k/zinc250k.txt.gz as mol_opt's "
                     "methods start from ZINC; default: samples of the model's prior")
     ap.add_argument("--settings", type=json.loads, default=None, metavar="JSON", help="method settings as JSON")
     ap.add_argument("--threads", type=int, default=1, help="torch threads [1]")
