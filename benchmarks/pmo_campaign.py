@@ -38,7 +38,8 @@ def plan(methods: list[str], seeds: int, tasks: str = "all") -> list[tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="bo", help="comma-separated: bo, gradient [bo]")
+    ap.add_argument("--methods", default="bo",
+                    help="comma-separated: bo, gradient, bo-wr, gradient-wr (with weighted retraining) [bo]")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the five main tasks (others: seed 0) [3]")
     ap.add_argument("--tasks", choices=["all", "main", "rest"], default="all",
                     help="all offline tasks, the five main ones, or the rest [all]")

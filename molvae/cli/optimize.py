@@ -80,6 +80,9 @@ def _optional_limit(ctx, param, value):
 @click.option("--trust-radius", type=float, callback=positive_float,
               help="gradient: max distance of a path from its start [4].")
 @click.option("--prior-weight", type=float, help="gradient: weight of the -||z||^2/2 prior penalty [0.05].")
+@click.option("--retrain-every", type=int, callback=positive_int, metavar="CALLS",
+              help="Weighted retraining: fine-tune (a copy of) the model on the best molecules found every CALLS "
+                   "oracle calls (Tripp et al. 2020) [off].")
 @device_option
 @threads_option
 @click.option("--progress/--no-progress", default=None,
@@ -88,8 +91,8 @@ def _optional_limit(ctx, param, value):
               help="Also draw the top molecules, with their scores, as a grid image (.png or .svg).")
 def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, seed, start, min_similarity, init_file,
                  init_score_column, n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, allow_radicals,
-                 batch_size, acquisition, steps, step_size, n_starts, trust_radius, prior_weight, device,
-                 progress, grid):
+                 batch_size, acquisition, steps, step_size, n_starts, trust_radius, prior_weight, retrain_every,
+                 device, progress, grid):
     """Search the latent space for molecules that maximize an objective.
 
     \b
@@ -127,10 +130,11 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
         raise click.BadParameter(str(exc), param_hint="--objective") from None
     if method == "gradient":
         settings = {"n_init": n_init, "steps": steps, "step_size": step_size, "n_starts": n_starts,
-                    "trust_radius": trust_radius, "prior_weight": prior_weight}
+                    "trust_radius": trust_radius, "prior_weight": prior_weight, "retrain_every": retrain_every}
         unused = {"--batch-size": batch_size, "--acquisition": acquisition}
     else:
-        settings = {"n_init": n_init, "batch_size": batch_size, "acquisition": acquisition}
+        settings = {"n_init": n_init, "batch_size": batch_size, "acquisition": acquisition,
+                    "retrain_every": retrain_every}
         unused = {"--steps": steps, "--step-size": step_size, "--n-starts": n_starts, "--trust-radius": trust_radius,
                   "--prior-weight": prior_weight}
     given = [k for k, v in unused.items() if v is not None]

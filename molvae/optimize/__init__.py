@@ -79,6 +79,10 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
     init, known = _initial_design(init_smiles, init_scores)
     seed_value = 0 if seed is None else int(seed)
     rng = np.random.default_rng(seed_value)
+    if settings.retrain_every:
+        import copy
+
+        model = copy.deepcopy(model)    # weighted retraining fine-tunes the search's own copy
     model.net.eval()
     bar = tqdm(total=budget, desc=f"optimize {method}", unit="call", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)

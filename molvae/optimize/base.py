@@ -13,12 +13,35 @@ import torch
 from ..config import _ConfigMixin
 from ..errors import InvalidInputError
 
-__all__ = ["GradientSettings", "BOSettings", "OptimizationResult", "decode_smiles", "encode_smiles",
+__all__ = ["GradientSettings", "BOSettings", "RetrainSettings", "OptimizationResult", "decode_smiles", "encode_smiles",
            "prior_latents", "settings_from_dict"]
 
 
 @dataclass(frozen=True)
-class GradientSettings(_ConfigMixin):
+class RetrainSettings(_ConfigMixin):
+    """Weighted retraining during a search (Tripp et al. 2020; see :mod:`molvae.optimize.retrain`),
+    shared by both methods: every ``retrain_every`` oracle calls (``None``: never), ``retrain_steps``
+    Adam steps (learning rate ``retrain_lr``) of the training ELBO on ``retrain_batch`` scored
+    molecules drawn with weights ``1 / (retrain_k·N + rank)``."""
+
+    retrain_every: int | None = None
+    retrain_steps: int = 50
+    retrain_batch: int = 64
+    retrain_lr: float = 1e-3
+    retrain_k: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.retrain_every is not None and self.retrain_every < 0:
+            raise InvalidInputError(f"retrain_every must be >= 0 oracle calls, got {self.retrain_every}")
+        for name in ("retrain_steps", "retrain_batch"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.retrain_lr > 0 or not self.retrain_k > 0:
+            raise InvalidInputError(f"retrain_lr and retrain_k must be > 0, got {self.retrain_lr}, {self.retrain_k}")
+
+
+@dataclass(frozen=True)
+class GradientSettings(RetrainSettings):
     """Gradient ascent in latent space (on the property head, else on a fitted MLP surrogate).
 
     Each round runs ``n_starts`` paths for ``steps`` steps of length ``step_size`` (latent
@@ -47,7 +70,7 @@ class GradientSettings(_ConfigMixin):
 
 
 @dataclass(frozen=True)
-class BOSettings(_ConfigMixin):
+class BOSettings(RetrainSettings):
     """Batch Bayesian optimization with a local GP on latent vectors inside a TuRBO trust region.
 
     The GP (BoTorch ``SingleTaskGP``) models the objective on latent vectors scaled to the
@@ -80,6 +103,7 @@ class BOSettings(_ConfigMixin):
     patience: int = 20                # batches without a new charged (scored) molecule before giving up
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.acquisition not in ("qei", "qucb", "ts"):
             raise InvalidInputError(f"acquisition must be qei, qucb or ts, got {self.acquisition!r}")
         for name in ("batch_size", "max_gp_points", "fit_steps", "refit_steps"):

@@ -34,6 +34,7 @@ from ..errors import InvalidInputError
 from .base import BOSettings, decode_smiles, encode_smiles
 from .design import KnownSet, known_design, score_design
 from .oracle import Oracle
+from .retrain import Retrainer, encoded_scored
 
 __all__ = ["run_bo"]
 
@@ -242,9 +243,14 @@ def run_bo(model, oracle: Oracle, objective, settings: BOSettings, *, rng: np.ra
 
     tr = _TrustRegion(s, dim)
     gp_fit = _LocalGP(s)
+    retrainer = Retrainer(model, s, seed)
     stale, it = 0, 0
     while not oracle.exhausted and stale < s.patience:
         it += 1
+        if retrainer.maybe_retrain(oracle):
+            # The latent space moved: the GP's data are the scored molecules, encoded again.
+            Z, y = encoded_scored(model, oracle)
+            U = np.clip((Z - lo) / scale, 0.0, 1.0)
         yf = _fill(y)
         center = int(np.argmax(yf))
         idx = _local_subset(U, center, s.max_gp_points)

@@ -17,6 +17,7 @@ from .base import GradientSettings, decode_smiles, encode_smiles
 from .design import KnownSet, initial_design, known_design, score_design
 from .head import HeadScorer, MLPSurrogate, finite_rows
 from .oracle import Oracle
+from .retrain import Retrainer, encoded_scored
 
 __all__ = ["run_gradient"]
 
@@ -65,6 +66,7 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
     data_y: list[np.ndarray] = []
     step = 0
 
+    retrainer = Retrainer(model, settings, seed)
     pool = None   # fresh start points: encoded best known molecules
     if known is not None and len(known) and start_z is None:
         n_pool = settings.n_init or max(10 * settings.n_starts, 0 if on_head else 200)
@@ -87,6 +89,15 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
     rnd = 0
     while not oracle.exhausted and stale < settings.patience and (settings.max_rounds is None
                                                                   or rnd < settings.max_rounds):
+        if retrainer.maybe_retrain(oracle):
+            # The latent space moved: what the surrogate learns from is re-encoded.
+            if start_z is not None:
+                start_z = encode_smiles(model, [start])[0]
+            if pool is not None:
+                pool = _encoded_known(model, oracle, len(pool), pool)
+            if not on_head:
+                z, y = encoded_scored(model, oracle)
+                data_z, data_y = [z], [y]
         if not on_head:
             data_z, data_y = [np.concatenate(data_z)], [np.concatenate(data_y)]
             keep = _fit_subset(data_y[0], settings.max_fit_points)
@@ -114,6 +125,16 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
     if stale < settings.patience:
         return f"{rnd} rounds (max_rounds)"
     return f"no new scored molecule in {settings.patience} rounds"
+
+
+def _encoded_known(model, oracle: Oracle, n: int, old: np.ndarray) -> np.ndarray:
+    """The best ``n`` known molecules, encoded again (``old`` when none can be)."""
+    log_ = oracle.log()
+    known = log_[(log_["status"] == "known") & np.isfinite(log_["score"].astype(float))]
+    best = known.sort_values("score", ascending=False, kind="stable").head(n)
+    z = encode_smiles(model, list(best["smiles"]))
+    z = z[finite_rows(z)]
+    return z if len(z) else old
 
 
 def _fit_subset(y: np.ndarray, limit: int) -> np.ndarray:
