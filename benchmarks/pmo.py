@@ -9,6 +9,9 @@ as ``mol_opt`` computes it, the top-1/10/100 mean at the budget, the 100 best mo
 oracle time, settings, versions and the command. ``benchmarks/pmo_summary.py DIR`` tables a folder of
 them.
 
+``--method`` is ``bo`` or ``gradient``, or either with weighted retraining (``bo-wr``, ``gradient-wr``:
+the search fine-tunes its copy of the model on its best molecules every 250 calls, :data:`RETRAIN`).
+
 The search goes through the public interface: :func:`molvae.optimize.optimize` with the task as an
 objective plugin, ``benchmarks/pmo_oracles.py:<oracle>`` (GuacaMol's scoring functions, see there).
 Oracle calls are counted as in ``mol_opt``: every distinct valid molecule scored is one call

@@ -126,6 +126,15 @@ def test_pmo_run_end_to_end(tiny_model, tmp_path):
     assert data["init"].endswith("pool.txt.gz")
     first = {m["smiles"] for m in data["top100_molecules"] if m["call"] <= 6}
     assert first and first <= {chem.canonicalize(s) for s in pool}, first
+    # gradient-wr: gradient ascent with pmo.py's weighted retraining, its own file and column
+    pmo.main(["--oracle", "qed", "--budget", "14", "--seed", "0", "--method", "gradient-wr", "--model",
+              str(tiny_model.path), "--settings", json.dumps({"n_init": 6, "n_starts": 4, "steps": 3,
+                                                              "retrain_every": 6, "retrain_steps": 2}),
+              "--out", str(out)])
+    data = json.loads((out / "qed_gradient-wr_seed0.json").read_text())
+    assert data["method"] == "gradient-wr" and data["settings"]["retrain_every"] == 6
+    assert data["settings"]["retrain_batch"] == pmo.RETRAIN["retrain_batch"] and data["settings"]["steps"] == 3
+    assert "molvae gradient-wr" in pmo_summary.table(pmo_summary.load(out))
     with pytest.raises(SystemExit, match="cannot run offline"):
         pmo.main(["--oracle", "jnk3", "--budget", "5", "--model", str(tiny_model.path), "--out", str(out)])
 
