@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the five main tasks (others: seed 0) [3]")
     ap.add_argument("--tasks", choices=["all", "main", "rest"], default="all",
                     help="all offline tasks, the five main ones, or the rest [all]")
+    ap.add_argument("--only", metavar="TASKS", help="comma-separated tasks, run in this order (seed 0 of each) "
+                    "instead of --tasks")
     ap.add_argument("--budget", type=int, default=10000, help="oracle calls per run [10000]")
     ap.add_argument("--model", default="zinc250k", help="passed to pmo.py [zinc250k]")
     ap.add_argument("--init", help="passed to pmo.py: SMILES file the initial designs are drawn from [prior samples]")
@@ -51,7 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the commands still to run and stop")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    todo = [(t, m, s) for t, m, s in plan(args.methods.split(","), args.seeds, args.tasks)
+    methods = args.methods.split(",")
+    if args.only:
+        unknown = [t for t in args.only.split(",") if t not in pmo_oracles.TASKS]
+        if unknown:
+            raise SystemExit(f"--only: unknown or offline-impossible task(s) {unknown}; expected some of "
+                             f"{list(pmo_oracles.TASKS)}")
+        runs = [(t, m, 0) for t in args.only.split(",") for m in methods]
+    else:
+        runs = plan(methods, args.seeds, args.tasks)
+    todo = [(t, m, s) for t, m, s in runs
             if not (out / f"{t}_{m}_seed{s}.json").is_file()]
     commands = [[sys.executable, str(HERE / "pmo.py"), "--oracle", t, "--method", m, "--seed", str(s),
                  "--budget", str(args.budget), "--model", args.model, "--threads", "1", "--out", str(out),
