@@ -395,6 +395,12 @@ def test_retraining_makes_the_best_molecules_likelier(tiny_model, small_csv):
     rt.fit(smiles)
     assert not model.net.training
     assert recon(smiles[0]) < 0.8 * best
+    # What the surrogate learns from afterwards: the scored molecules as the retrained model encodes them.
+    oracle = Oracle(parse_objective("logp", Guards(max_heavy_atoms=None)), 10)
+    y = oracle(smiles[:10])
+    z, y_enc = rt.encoded_scored(oracle)
+    np.testing.assert_array_equal(z, model.encode(smiles[:10])[0])
+    np.testing.assert_array_equal(y_enc, y)
     assert best - recon(smiles[0]) > abs(worst - recon(smiles[-1]))
 
 

@@ -34,7 +34,7 @@ from ..errors import InvalidInputError
 from .base import BOSettings, decode_smiles, encode_smiles
 from .design import KnownSet, known_design, score_design
 from .oracle import Oracle
-from .retrain import Retrainer, encoded_scored
+from .retrain import Retrainer
 
 __all__ = ["run_bo"]
 
@@ -249,7 +249,7 @@ def run_bo(model, oracle: Oracle, objective, settings: BOSettings, *, rng: np.ra
         it += 1
         if retrainer.maybe_retrain(oracle):
             # The latent space moved: the GP's data are the scored molecules, encoded again.
-            Z, y = encoded_scored(model, oracle)
+            Z, y = retrainer.encoded_scored(oracle)
             U = np.clip((Z - lo) / scale, 0.0, 1.0)
         yf = _fill(y)
         center = int(np.argmax(yf))

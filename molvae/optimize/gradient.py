@@ -17,7 +17,7 @@ from .base import GradientSettings, decode_smiles, encode_smiles
 from .design import KnownSet, initial_design, known_design, score_design
 from .head import HeadScorer, MLPSurrogate, finite_rows
 from .oracle import Oracle
-from .retrain import Retrainer, encoded_scored
+from .retrain import Retrainer
 
 __all__ = ["run_gradient"]
 
@@ -96,7 +96,7 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
             if pool is not None:
                 pool = _encoded_known(model, oracle, len(pool), pool)
             if not on_head:
-                z, y = encoded_scored(model, oracle)
+                z, y = retrainer.encoded_scored(oracle)
                 data_z, data_y = [z], [y]
         if not on_head:
             data_z, data_y = [np.concatenate(data_z)], [np.concatenate(data_y)]

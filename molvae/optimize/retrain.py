@@ -21,11 +21,10 @@ from ..config import TrainConfig
 from ..model import sequences_to_tensor
 from ..diagnostics import autocast
 from ..training.schedules import kl_term, use_mixed_precision
-from .base import encode_smiles
 from .head import finite_rows
 from .oracle import Oracle
 
-__all__ = ["Retrainer", "rank_weights", "encoded_scored"]
+__all__ = ["Retrainer", "rank_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,19 @@ class Retrainer:
             self._ids[smiles] = None if isinstance(ids, str) else ids
         return self._ids[smiles]
 
+    def encoded_scored(self, oracle: Oracle) -> tuple[np.ndarray, np.ndarray]:
+        """Every scored molecule (known ones and a start molecule included) encoded by the model as it
+        is now, and the scores: ``(z (m, d), y (m,))`` in the order they were scored; what a search's
+        surrogate learns from after a retraining moved the latent space. Token ids are cached across
+        retrainings (tokenizing costs more than encoding)."""
+        scored = oracle.log()
+        scored = scored[np.isfinite(scored["score"].astype(float))]
+        ids = [self._tokens(s) for s in scored["smiles"]]
+        ids = ["not encodable" if t is None else t for t in ids]
+        z, _ = self.model.posterior_of_ids(ids)
+        ok = finite_rows(z)
+        return z[ok], scored["score"].to_numpy(dtype=float)[ok]
+
     def fit(self, smiles_best_first: list[str]) -> float:
         """``retrain_steps`` steps on draws from ``smiles_best_first`` by rank weight; the mean loss."""
         s, model, net = self.s, self.model, self.model.net
@@ -113,13 +125,3 @@ class Retrainer:
         log.info("retraining %d on %d molecules: mean loss %.3f", self.n_done, len(smiles_best_first), mean)
         return mean
 
-
-def encoded_scored(model, oracle: Oracle) -> tuple[np.ndarray, np.ndarray]:
-    """Every scored molecule (known ones and a start molecule included) encoded by ``model`` as it
-    is now, and the scores: ``(z (m, d), y (m,))`` in the order they were scored; what a search's
-    surrogate learns from after a retraining moved the latent space."""
-    scored = oracle.log()
-    scored = scored[np.isfinite(scored["score"].astype(float))]
-    z = encode_smiles(model, list(scored["smiles"]))
-    ok = finite_rows(z)
-    return z[ok], scored["score"].to_numpy(dtype=float)[ok]
