@@ -25,8 +25,8 @@ class RetrainSettings(_ConfigMixin):
     molecules drawn with weights ``1 / (retrain_k·N + rank)``."""
 
     retrain_every: int | None = None
-    retrain_steps: int = 50
-    retrain_batch: int = 64
+    retrain_steps: int = 100
+    retrain_batch: int = 32
     retrain_lr: float = 1e-3
     retrain_k: float = 1e-3
 
