@@ -116,13 +116,13 @@ def table(runs: list[dict]) -> str:
 
 
 def _own_sums(cell: dict, methods: list[str], tasks: list[str]) -> list[str]:
-    """One line per method that ran a task another did not: its sum over the tasks it ran, beside the
-    published methods' sums on the same tasks (where they have every one of them)."""
+    """When the methods ran different tasks, one line per method: its sum over the tasks it ran, beside
+    the published methods' sums on the same tasks (where they have every one of them)."""
     lines = []
+    if all((t, m) in cell for t in tasks for m in methods):
+        return lines   # the table's sum row says it all
     for m in methods:
         own = [t for t in tasks if (t, m) in cell]
-        if len(own) == len(tasks):
-            continue
         total = sum(statistics.fmean(r["auc_top10"] for r in cell[t, m]) for t in own)
         published = ", ".join(f"{name} {sum(values[t] for t in own):.3f}" for name, values in PUBLISHED.items()
                               if all(t in values for t in own))
