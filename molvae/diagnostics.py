@@ -3,6 +3,8 @@
 Used by the training loop (per-epoch validation figures), by :mod:`molvae.metrics` (held-out
 model figures), by the report and by ``molvae models``; it imports nothing above the model.
 
+- :func:`autocast`, :func:`use_mixed_precision`, :func:`kl_term`: the precision and KL term of a training
+  step, shared by the training loop and a search's weighted retraining;
 - :func:`evaluate_loss`: mean reconstruction, KL and -ELBO (nats/molecule), token accuracy;
 - :func:`latent_means`, :func:`active_units`: the posterior means and how many dimensions vary;
 - :func:`greedy_reconstruction_rate`: share of molecules the greedy decode of μ gives back exactly
@@ -24,9 +26,10 @@ from . import data as data_mod
 from .model import VAE
 
 if TYPE_CHECKING:  # only for annotations: core is on this layer
+    from .config import TrainConfig
     from .core import MolVAE
 
-__all__ = ["autocast", "evaluate_loss", "latent_means", "active_units", "greedy_reconstruction_rate",
+__all__ = ["autocast", "use_mixed_precision", "kl_term", "evaluate_loss", "latent_means", "active_units", "greedy_reconstruction_rate",
            "selection_loss", "best_epoch"]
 
 
@@ -38,6 +41,24 @@ def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def use_mixed_precision(config: TrainConfig, device: torch.device) -> bool:
+    """Mixed precision in the training step: ``amp`` on CUDA; ``cpu_amp`` (auto: bf16 hardware) on the CPU."""
+    if device.type == "cuda":
+        return bool(config.amp)
+    if device.type == "cpu":
+        from .core import cpu_has_fast_bf16   # core is on this layer; imported when needed
+
+        return cpu_has_fast_bf16() if config.cpu_amp is None else bool(config.cpu_amp)
+    return False
+
+
+def kl_term(out, config: TrainConfig) -> torch.Tensor:
+    """KL part of the loss: mean over the batch, with the free-bits floor per dimension."""
+    if config.free_bits > 0:
+        return torch.clamp(out.kl_per_dim, min=config.free_bits).sum()
+    return out.kl.mean()
 
 
 @torch.no_grad()

@@ -19,8 +19,7 @@ import torch
 
 from ..config import TrainConfig
 from ..model import sequences_to_tensor
-from ..diagnostics import autocast
-from ..training.schedules import kl_term, use_mixed_precision
+from ..diagnostics import autocast, kl_term, use_mixed_precision
 from .head import finite_rows
 from .oracle import Oracle
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..config import TrainConfig
-from ..core import cpu_has_fast_bf16
+from ..diagnostics import kl_term, use_mixed_precision  # the loss terms a search's retraining shares (layer 2)
 from ..errors import InvalidInputError
 
 __all__ = ["kl_weight_at", "learning_rate_at", "kl_term", "property_loss", "use_mixed_precision"]
@@ -43,22 +43,6 @@ def learning_rate_at(config: TrainConfig, progress: float) -> float:
     p = min(max(progress, 0.0), 1.0)
     low = config.learning_rate * config.lr_final_ratio
     return low + 0.5 * (config.learning_rate - low) * (1.0 + math.cos(math.pi * p))
-
-
-def use_mixed_precision(config: TrainConfig, device: torch.device) -> bool:
-    """Mixed precision in the training step: ``amp`` on CUDA; ``cpu_amp`` (auto: bf16 hardware) on the CPU."""
-    if device.type == "cuda":
-        return bool(config.amp)
-    if device.type == "cpu":
-        return cpu_has_fast_bf16() if config.cpu_amp is None else bool(config.cpu_amp)
-    return False
-
-
-def kl_term(out, config: TrainConfig) -> torch.Tensor:
-    """KL part of the loss: mean over the batch, with the free-bits floor per dimension."""
-    if config.free_bits > 0:
-        return torch.clamp(out.kl_per_dim, min=config.free_bits).sum()
-    return out.kl.mean()
 
 
 def property_loss(pred: torch.Tensor | None, target: torch.Tensor | None) -> torch.Tensor | None:
