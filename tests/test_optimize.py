@@ -327,6 +327,18 @@ def test_optimize_cli_known_scores(tiny_model, small_csv, tmp_path):
     assert table["charged"].sum() <= 6
     r = runner.invoke(main, base + ["--init-scores", "pIC50"])
     assert r.exit_code == 2 and "no column 'pIC50'" in r.output and "activity" in r.output
+    # Rows that cannot be used are reported with their row numbers, not dropped silently; a molecule
+    # without a number is still an initial molecule, and the run goes on.
+    pd.DataFrame({"smiles": smiles[:10] + ["C1CC", "CC(C)(C)(C)C", "CCO"],
+                  "activity": list(np.linspace(0.0, 1.0, 10)) + [0.5, 0.5, "n/a"]}).to_csv(init, index=False)
+    r = runner.invoke(main, base + ["--init-scores", "activity"])
+    assert r.exit_code == 0, r.output
+    assert "2 of 13 rows of --init" in r.stderr and "row 11: not a valid SMILES" in r.stderr, r.stderr
+    assert "row 12: not a valid SMILES (impossible valence" in r.stderr
+    assert "1 molecule has no number in 'activity'" in r.stderr and "row 13: 'n/a'" in r.stderr
+    init.write_text("smiles,activity\nC1CC,1\nnot_a_smiles,2\n")
+    r = runner.invoke(main, base + ["--init-scores", "activity"])
+    assert r.exit_code == 2 and "none of its 2 rows holds a valid SMILES" in r.output
     r = runner.invoke(main, ["optimize", "--model", str(tiny_model.path), "--objective", "qed",
                              "--init-scores", "activity", "--no-progress"])
     assert r.exit_code == 2 and "--init-scores needs --init" in r.output

@@ -51,8 +51,10 @@ def write_grid(path: str | None, smiles, legends) -> None:
     click.echo(f"wrote molecule grid to {path}", err=True)
 
 
-def report_rejects(table: pd.DataFrame, reasons, rejected_out: str | None = None) -> None:
-    """Say on stderr which rows could not be encoded (first few), optionally all of them as CSV."""
+def report_rejects(table: pd.DataFrame, reasons, rejected_out: str | None = None, *, what: str = "rows",
+                   verb: str = "encoded") -> None:
+    """Say on stderr which of ``what`` could not be ``verb`` (first few, with row numbers and reasons),
+    optionally all of them as CSV."""
     bad = [(int(r), s, why) for r, s, why in zip(table["row"], table["input"], reasons) if why]
     if rejected_out:
         with atomic_output(rejected_out, newline="") as f:
@@ -61,8 +63,13 @@ def report_rejects(table: pd.DataFrame, reasons, rejected_out: str | None = None
         return
     shown = "; ".join(f"row {r}: {why}" for r, _, why in bad[:3])
     more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-    where = f", all listed in {rejected_out}" if rejected_out else ", see the reason column"
-    click.echo(f"{len(bad)} of {len(table)} rows could not be encoded{where}: {shown}{more}", err=True)
+    if rejected_out:
+        where = f", all listed in {rejected_out}"
+    elif verb == "encoded":
+        where = ", see the reason column"
+    else:
+        where = ""
+    click.echo(f"{len(bad)} of {len(table)} {what} could not be {verb}{where}: {shown}{more}", err=True)
 
 
 def fail_if_none_encoded(table: pd.DataFrame, reasons, source: str, out: str | None) -> None:

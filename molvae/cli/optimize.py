@@ -13,10 +13,15 @@ from .common import device_option, load_model, model_option, positive_float, pos
 
 
 def _read_smiles(path: str, score_column: str | None = None) -> tuple[list[str], list[float] | None]:
-    """SMILES of ``path`` and, with ``score_column``, that column's numbers (NaN where not a number)."""
+    """SMILES of ``path`` and, with ``score_column``, that column's numbers (NaN where not a number).
+    Rows without a valid SMILES are left out; they and molecules without a number are reported on
+    stderr (first few, with row numbers and reasons)."""
+    import numpy as np
     import pandas as pd
 
+    from .. import chem
     from ..data import read_molecules
+    from .latent import report_rejects
 
     table = read_molecules(path)
     scores = None
@@ -25,10 +30,28 @@ def _read_smiles(path: str, score_column: str | None = None) -> tuple[list[str],
             have = [c for c in table.columns if c not in ("row", "input")]
             raise click.BadParameter(f"{path} has no column {score_column!r}; its columns: {have or 'none'}",
                                      param_hint="--init-scores")
-        scores = pd.to_numeric(table[score_column], errors="coerce")
-    keep = table["input"].map(lambda s: isinstance(s, str) and bool(s.strip())).to_numpy()
+        scores = pd.to_numeric(table[score_column], errors="coerce").astype(float)
+    reasons = []
+    for s in table["input"]:
+        if not isinstance(s, str) or not s.strip():
+            reasons.append("empty")
+        else:
+            reasons.append("" if chem.canonicalize(s) is not None else f"not a valid SMILES ({chem.parse_error(s)})")
+    report_rejects(table, reasons, what=f"rows of --init {path}", verb="used")
+    keep = np.array([not why for why in reasons], dtype=bool)
+    if not keep.any():
+        raise click.BadParameter(f"{path}: none of its {len(table)} rows holds a valid SMILES", param_hint="--init")
+    if scores is not None:
+        missing = [(int(r), v) for r, v, k, y in zip(table["row"], table[score_column], keep, scores)
+                   if k and not np.isfinite(y)]
+        if missing:
+            shown = "; ".join(f"row {r}: {v!r}" for r, v in missing[:3])
+            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+            noun = "molecule has" if len(missing) == 1 else "molecules have"
+            click.echo(f"{len(missing)} {noun} no number in {score_column!r} (--init {path}), used without a "
+                       f"known score: {shown}{more}", err=True)
     smiles = table["input"][keep].tolist()
-    return smiles, (None if scores is None else scores[keep].astype(float).tolist())
+    return smiles, (None if scores is None else scores[keep].tolist())
 
 
 def _optional_limit(ctx, param, value):
