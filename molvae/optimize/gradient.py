@@ -66,7 +66,7 @@ def run_gradient(model, oracle: Oracle, objective, settings: GradientSettings, *
     data_y: list[np.ndarray] = []
     step = 0
 
-    retrainer = Retrainer(model, settings, seed)
+    retrainer = Retrainer(model, settings, seed, head=scorer if on_head else None)
     pool = None   # fresh start points: encoded best known molecules
     if known is not None and len(known) and start_z is None:
         n_pool = settings.n_init or max(10 * settings.n_starts, 0 if on_head else 200)

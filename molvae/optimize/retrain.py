@@ -6,8 +6,10 @@ and its prior rarely decodes to them. Every ``retrain_every`` oracle calls, the 
 the VAE (encoder and decoder, the training ELBO at the model's own β) on the molecules scored so
 far, drawn with weights ``1 / (k·N + rank)`` (rank 0 = the best of the N): the decoder learns to
 write what scores well, the prior moves towards it, and the latent points of the best molecules
-are re-encoded afterwards. The model is the search's own copy (:func:`molvae.optimize.optimize`
-never changes the caller's model).
+are re-encoded afterwards. When the search ascends the model's property head, the head is trained
+along (its prediction of the objective against the oracle's scores), so that it still scores the
+moved latent space. The model is the search's own copy (:func:`molvae.optimize.optimize` never
+changes the caller's model).
 """
 
 from __future__ import annotations
@@ -40,11 +42,15 @@ class Retrainer:
     ``settings`` carries ``retrain_every`` (oracle calls between retrainings; ``None`` or 0: never),
     ``retrain_steps`` (Adam steps per retraining), ``retrain_batch`` (molecules per step),
     ``retrain_lr`` and ``retrain_k`` (the weights' ``k``). The Adam state carries over between
-    retrainings; the draws come from a generator seeded by ``seed``.
+    retrainings; the draws come from a generator seeded by ``seed``. With ``head`` (the
+    :class:`~molvae.optimize.head.HeadScorer` a gradient search ascends), each step also fits the
+    head's prediction of the objective to the drawn molecules' scores (squared error in the head's
+    standardized units, weighted by the model's ``property_weight``).
     """
 
-    def __init__(self, model, settings, seed: int):
+    def __init__(self, model, settings, seed: int, head=None):
         self.model = model
+        self.head = head
         self.s = settings
         self.every = int(settings.retrain_every or 0)
         self.next_at = self.every
@@ -67,10 +73,11 @@ class Retrainer:
             return False
         self.next_at = oracle.n_calls + self.every
         scored = oracle.scored(include_known=True)
-        smiles = [s for s in scored["smiles"] if self._tokens(s) is not None]
+        ok = [self._tokens(s) is not None for s in scored["smiles"]]
+        smiles = scored["smiles"][ok].tolist()
         if len(smiles) < 2:
             return False
-        self.fit(smiles)
+        self.fit(smiles, scored["score"][ok].to_numpy(dtype=float))
         return True
 
     def _tokens(self, smiles: str) -> list[int] | None:
@@ -92,8 +99,9 @@ class Retrainer:
         ok = finite_rows(z)
         return z[ok], scored["score"].to_numpy(dtype=float)[ok]
 
-    def fit(self, smiles_best_first: list[str]) -> float:
-        """``retrain_steps`` steps on draws from ``smiles_best_first`` by rank weight; the mean loss."""
+    def fit(self, smiles_best_first: list[str], scores: np.ndarray | None = None) -> float:
+        """``retrain_steps`` steps on draws from ``smiles_best_first`` by rank weight; the mean loss.
+        ``scores`` (aligned with the molecules) are the head's targets when there is a head."""
         s, model, net = self.s, self.model, self.model.net
         if self.optimizer is None:
             self.optimizer = torch.optim.Adam(net.parameters(), lr=s.retrain_lr)
@@ -101,6 +109,12 @@ class Retrainer:
         vocab = model.vocab
         beta = self.tc.kl_weight
         amp = use_mixed_precision(self.tc, model.device)   # as the model was trained: bf16 on a fast CPU
+        head = self.head if scores is not None else None
+        if head is not None:
+            targets = torch.as_tensor(np.asarray(scores, dtype=float), dtype=torch.float32, device=model.device)
+            unit = float((head.scale ** 2).sum()) or 1.0     # the head's standardized units
+            for q in head.head.parameters():
+                q.requires_grad_(True)
         net.train()
         total = 0.0
         try:
@@ -111,6 +125,10 @@ class Retrainer:
                 with autocast(model.device, amp):
                     out = net(tokens.to(model.device), lengths.to(model.device), sample=True)
                 loss = out.recon.mean() + beta * kl_term(out, self.tc)
+                if head is not None and out.properties is not None:
+                    pred = out.properties.float() @ head.scale + head.offset
+                    y = targets[torch.as_tensor(pick, device=model.device)]
+                    loss = loss + self.tc.property_weight * ((pred - y) ** 2).mean() / unit
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), self.tc.grad_clip)
@@ -119,8 +137,10 @@ class Retrainer:
                 total += float(loss.detach())
         finally:
             net.eval()
+            if head is not None:
+                for q in head.head.parameters():     # the search differentiates in z only
+                    q.requires_grad_(False)
         self.n_done += 1
         mean = total / max(1, s.retrain_steps)
         log.info("retraining %d on %d molecules: mean loss %.3f", self.n_done, len(smiles_best_first), mean)
         return mean
-
