@@ -91,12 +91,13 @@ def shipped_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(SHIPPED_MODELS_DIR.glob("*.pt"))}
 
 
-def find_model(spec: str | os.PathLike | None = None, runs_dir: str | os.PathLike = "runs") -> tuple[Path, str]:
+def find_model(spec: str | os.PathLike | None = None, runs_dir: str | os.PathLike = "runs",
+               default: str = DEFAULT_SHIPPED) -> tuple[Path, str]:
     """Locate a model file.
 
     ``spec`` may be a model file, a run folder (holding ``model.pt``), the name of a
     shipped model, or ``None``: then the latest run under ``runs_dir``, else the
-    shipped default model.
+    shipped model ``default`` (``moses``; ``zinc250k`` for optimization and property prediction).
 
     Returns:
         ``(path, how)`` where ``how`` says in words which model was chosen.
@@ -127,8 +128,8 @@ def find_model(spec: str | os.PathLike | None = None, runs_dir: str | os.PathLik
         # never silently: say why the latest run was passed over
         note = f"; {pointer} names {run}, which holds no model.pt"
     shipped = shipped_models()
-    if DEFAULT_SHIPPED in shipped:
-        return shipped[DEFAULT_SHIPPED], f"shipped model {DEFAULT_SHIPPED!r}{note}"
+    if default in shipped:
+        return shipped[default], f"shipped model {default!r}{note}"
     if shipped:
         name, path = next(iter(shipped.items()))
         return path, f"shipped model {name!r}{note}"

@@ -104,3 +104,23 @@ def test_models_command_names_the_property_head():
     text = CliRunner().invoke(main, ["models"]).stdout
     block = text[text.index(f"{NAME}  ("):]
     assert "head        qed, plogp" in block
+
+
+def test_optimize_and_predict_default_to_it_without_a_run(tmp_path, monkeypatch):
+    """Without --model and without ./runs, optimization and property prediction use the model with a head;
+    the other commands keep the MOSES model."""
+    from click.testing import CliRunner
+
+    from molvae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.smi").write_text("CCO\nc1ccccc1O\n")
+    runner = CliRunner()
+    r = runner.invoke(main, ["predict", "in.smi"])
+    assert r.exit_code == 0, r.output
+    assert f"shipped model '{NAME}'" in r.stderr and "qed,plogp" in r.stdout
+    r = runner.invoke(main, ["optimize", "--objective", "qed", "--method", "gradient", "--budget", "4",
+                             "--n-starts", "2", "--steps", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert f"shipped model '{NAME}'" in r.stderr
+    assert find_model(None)[1] == "shipped model 'moses'"

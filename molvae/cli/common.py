@@ -11,16 +11,20 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ..core import MolVAE, find_model
+from ..core import DEFAULT_SHIPPED, MolVAE, find_model
 from ..errors import InvalidInputError
 
 
-def model_option(f):
-    """``--model``: a model file, a run folder or a shipped model name."""
-    return click.option(
-        "--model", "-m", "model_spec", default=None, metavar="PATH|NAME",
-        help="Model file, run folder or shipped model name (default: latest run in ./runs, else the shipped model).",
-    )(f)
+def model_option(f=None, *, shipped: str = DEFAULT_SHIPPED):
+    """``--model``: a model file, a run folder or a shipped model name (``shipped``: the fallback
+    without a run)."""
+    def add(f):
+        return click.option(
+            "--model", "-m", "model_spec", default=None, metavar="PATH|NAME",
+            help=f"Model file, run folder or shipped model name (default: latest run in ./runs, else the "
+                 f"shipped model {shipped!r}).",
+        )(f)
+    return add(f) if f is not None else add
 
 
 def device_option(f):
@@ -43,9 +47,10 @@ def threads_option(f):
                         help="CPU threads for torch [torch's default: all cores].")(f)
 
 
-def load_model(spec: str | None, device: str = "auto", announce: bool = True) -> MolVAE:
-    """Find and load a model, saying on stderr which one is used."""
-    path, how = find_model(spec)
+def load_model(spec: str | None, device: str = "auto", announce: bool = True, default: str | None = None) -> MolVAE:
+    """Find and load a model, saying on stderr which one is used; without ``spec`` and without a
+    run, the shipped model ``default`` (``moses`` when None)."""
+    path, how = find_model(spec, default=default or DEFAULT_SHIPPED)
     model = MolVAE.load(path, device=device)
     if announce:
         click.echo(f"using {how} ({path})", err=True)

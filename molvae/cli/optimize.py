@@ -12,6 +12,9 @@ from . import main
 from .common import device_option, load_model, model_option, positive_float, positive_int, threads_option
 
 
+OPTIMIZATION_MODEL = "zinc250k"   # the shipped model with a QED + pLogP head, trained for optimization
+
+
 def _read_smiles(path: str, score_column: str | None = None) -> tuple[list[str], list[float] | None]:
     """SMILES of ``path`` and, with ``score_column``, that column's numbers (NaN where not a number).
     Rows without a valid SMILES are left out; they and molecules without a number are reported on
@@ -61,7 +64,7 @@ def _optional_limit(ctx, param, value):
 
 
 @main.command("optimize")
-@model_option
+@model_option(shipped=OPTIMIZATION_MODEL)
 @click.option("--objective", "-O", required=True, metavar="SPEC",
               help="qed, logp, plogp (unnormalized), plogp_zinc (JT-VAE normalized), sa, similarity:<SMILES>, "
                    "weighted sums like 'qed+0.5*similarity:CCO', a plugin module:function or file.py:function, "
@@ -120,7 +123,7 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
 
     \b
     Examples:
-      molvae optimize --model runs/zinc --objective qed --method bo --budget 1000 --out qed.csv
+      molvae optimize --model zinc250k --objective qed --method bo --budget 1000 --out qed.csv
       molvae optimize --objective plogp --method gradient --budget 500
       molvae optimize --objective plogp --start 'CCc1ccccc1O' --min-similarity 0.4 --budget 200
       molvae optimize --objective 'qed+0.5*similarity:CC(=O)Oc1ccccc1C(=O)O' --budget 300
@@ -163,7 +166,7 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
     given = [k for k, v in unused.items() if v is not None]
     if given:
         raise click.UsageError(f"{', '.join(given)} only apply to the other --method")
-    model = load_model(model_spec, device)
+    model = load_model(model_spec, device, default=OPTIMIZATION_MODEL)
     init, init_scores = _read_smiles(init_file, init_score_column) if init_file else (None, None)
     click.echo(f"objective {obj.name} (guards: {obj.guards.describe()}), method {method}, budget {budget}", err=True)
     res = optimize(model, obj, method=method, budget=budget, seed=seed, start=start, min_similarity=min_similarity,
@@ -212,7 +215,7 @@ def _report_result(res, *, min_similarity, out, json_out, grid) -> None:
 
 @main.command("predict")
 @click.argument("input_file", metavar="INPUT")
-@model_option
+@model_option(shipped=OPTIMIZATION_MODEL)
 @click.option("--smiles-column", help="SMILES column of a CSV (default: 'smiles' in any case, or the only column).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write CSV here instead of stdout.")
 @click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int,
@@ -233,7 +236,7 @@ def predict_cmd(input_file, model_spec, smiles_column, out, batch_size, device):
 
     refuse_same_file(out, input_file)
     table = read_input(input_file, smiles_column)
-    model = load_model(model_spec, device)
+    model = load_model(model_spec, device, default=OPTIMIZATION_MODEL)
     pred = predict_properties(model, table["input"].tolist(), batch_size=batch_size)
     pred.insert(0, "input", table["input"].values)
     pred.insert(0, "row", table["row"].values)
