@@ -241,8 +241,10 @@ def process_smiles(smiles: str | None, *, keep_largest_fragment: bool = True
     return ProcessedMolecule(canonical, selfies, tokens)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def selfies_to_canonical(selfies: str | None) -> str | None:
-    """Decode SELFIES and return RDKit-canonical SMILES (``None`` if it fails)."""
+    """Decode SELFIES and return RDKit-canonical SMILES (``None`` if it fails). Memoized (the last
+    65,536 strings): a latent search decodes the same molecules many times over."""
     smiles = to_smiles(selfies)
     return canonicalize(smiles) if smiles else None
 
