@@ -4,8 +4,9 @@ r"""How fast ``molvae optimize`` spends an oracle budget, apart from the oracle.
     python benchmarks/bench_optimize.py --model moses-small --budget 10000 --threads 1 \
         --out benchmarks/results/bench_optimize.json
 
-For each method (``bo``, ``gradient``) one search of ``--budget`` calls on a cheap oracle (RDKit QED,
-default guards) through the public :func:`molvae.optimize.optimize`, default settings, seed 0. The
+For each method (``bo``, ``gradient``; ``bo-wr``, ``gradient-wr``: the same with weighted retraining
+every 250 calls, as ``benchmarks/pmo.py`` runs them) one search of ``--budget`` calls on a cheap oracle
+(RDKit QED, default guards) through the public :func:`molvae.optimize.optimize`, default settings, seed 0. The
 objective is timed where it is called (``OptimizationResult.objective_s``; here also per call, from a
 thin timing wrapper around the same objective); everything else (GP fits, acquisition, decoding,
 canonicalization, bookkeeping) is the optimizer's **overhead**. Reported at every ``--every`` calls
@@ -29,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from pmo import METHODS  # noqa: E402  (method name -> optimize's method and settings, as PMO runs them)
 
 
 def timed(objective):
@@ -79,7 +83,8 @@ def run(model, method: str, budget: int, seed: int, every: int) -> dict:
     objective = timed(parse_objective("qed"))
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    res = optimize(model, objective, method=method, budget=budget, seed=seed)
+    name, settings = METHODS[method]
+    res = optimize(model, objective, method=name, budget=budget, seed=seed, settings=dict(settings))
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
     rows = checkpoints(objective.marks, t0, every, budget)
@@ -102,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="moses-small", help="model file, run folder or shipped name [moses-small]")
     ap.add_argument("--budget", type=int, default=10000, help="oracle calls per search [10000]")
-    ap.add_argument("--methods", nargs="+", default=["bo", "gradient"], choices=["bo", "gradient"])
+    ap.add_argument("--methods", nargs="+", default=["bo", "gradient"], choices=list(METHODS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=1000, help="report every this many calls [1000]")
     ap.add_argument("--threads", type=int, default=1, help="torch threads [1]")
