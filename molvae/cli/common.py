@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from ..checkpoint import atomic_output
 from ..core import DEFAULT_SHIPPED, MolVAE, find_model
 from ..errors import InvalidInputError
 
@@ -144,3 +145,24 @@ def read_input(value: str, smiles_column: str | None = None) -> pd.DataFrame:
 
 def smiles_column_option(f):
     return click.option("--smiles-column", help="SMILES column of a CSV input (default: 'smiles' or the only column).")(f)
+
+
+def report_rejects(table: pd.DataFrame, reasons, rejected_out: str | None = None, *, what: str = "rows",
+                   verb: str = "encoded") -> None:
+    """Say on stderr which of ``what`` could not be ``verb`` (first few, with row numbers and reasons),
+    optionally all of them as CSV."""
+    bad = [(int(r), s, why) for r, s, why in zip(table["row"], table["input"], reasons) if why]
+    if rejected_out:
+        with atomic_output(rejected_out, newline="") as f:
+            pd.DataFrame(bad, columns=["row", "input", "reason"]).to_csv(f, index=False)
+    if not bad:
+        return
+    shown = "; ".join(f"row {r}: {why}" for r, _, why in bad[:3])
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    if rejected_out:
+        where = f", all listed in {rejected_out}"
+    elif verb == "encoded":
+        where = ", see the reason column"
+    else:
+        where = ""
+    click.echo(f"{len(bad)} of {len(table)} {what} could not be {verb}{where}: {shown}{more}", err=True)

@@ -17,7 +17,7 @@ from . import main
 from ..checkpoint import atomic_output
 from ..errors import InvalidInputError
 from .common import (device_option, load_model, model_option, positive_float, positive_int, read_input,
-                     refuse_same_file, smiles_column_option, threads_option)
+                     refuse_same_file, report_rejects, smiles_column_option, threads_option)
 
 # ----------------------------------------------------------------------------- helpers of the latent commands
 
@@ -49,27 +49,6 @@ def write_grid(path: str | None, smiles, legends) -> None:
 
     molecule_grid(list(smiles), [str(x) for x in legends], path)
     click.echo(f"wrote molecule grid to {path}", err=True)
-
-
-def report_rejects(table: pd.DataFrame, reasons, rejected_out: str | None = None, *, what: str = "rows",
-                   verb: str = "encoded") -> None:
-    """Say on stderr which of ``what`` could not be ``verb`` (first few, with row numbers and reasons),
-    optionally all of them as CSV."""
-    bad = [(int(r), s, why) for r, s, why in zip(table["row"], table["input"], reasons) if why]
-    if rejected_out:
-        with atomic_output(rejected_out, newline="") as f:
-            pd.DataFrame(bad, columns=["row", "input", "reason"]).to_csv(f, index=False)
-    if not bad:
-        return
-    shown = "; ".join(f"row {r}: {why}" for r, _, why in bad[:3])
-    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-    if rejected_out:
-        where = f", all listed in {rejected_out}"
-    elif verb == "encoded":
-        where = ", see the reason column"
-    else:
-        where = ""
-    click.echo(f"{len(bad)} of {len(table)} {what} could not be {verb}{where}: {shown}{more}", err=True)
 
 
 def fail_if_none_encoded(table: pd.DataFrame, reasons, source: str, out: str | None) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from . import main
-from .common import device_option, load_model, model_option, positive_float, positive_int, threads_option
+from .common import (device_option, load_model, model_option, positive_float, positive_int, report_rejects,
+                     threads_option)
 
 
 OPTIMIZATION_MODEL = "zinc250k"   # the shipped model with a QED + pLogP head, trained for optimization
@@ -24,7 +25,6 @@ def _read_smiles(path: str, score_column: str | None = None) -> tuple[list[str],
 
     from .. import chem
     from ..data import read_molecules
-    from .latent import report_rejects
 
     table = read_molecules(path)
     scores = None
