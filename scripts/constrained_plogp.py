@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     from molvae import MolVAE
 
     torch.set_num_threads(args.threads)
-    model = MolVAE.load(oc.get_model(args), device=args.device)
+    model_spec = oc.get_model(args)
+    model = MolVAE.load(model_spec, device=args.device)
     t0 = time.perf_counter()
     pool, pool_scores, skipped = lowest_plogp(model, args.zinc, args.work_dir)
     if args.n_molecules < len(pool):
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     oc.print_table(["δ", "method", "improvement (successes)", "improvement (all)", "similarity", "success"], table)
     oc.write_json(args.out, {
         "task": "constrained plogp (unnormalized), improvement at Tanimoto >= delta",
-        "model": oc.describe_model(model), "method": args.method, "settings": args.settings,
+        "model": oc.describe_model(model, model_spec), "method": args.method, "settings": args.settings,
         "budget_per_molecule": args.budget,
         "seed": args.seed, "start_set": f"seeded subset ({len(starts)}) of the {len(pool)} lowest-pLogP ZINC250k "
                                         f"test-split molecules the model encodes",

@@ -118,11 +118,16 @@ def add_common_arguments(ap) -> None:
     ap.add_argument("--out", help="JSON results file")
 
 
-def describe_model(model) -> dict[str, Any]:
+def describe_model(model, spec: str | None = None) -> dict[str, Any]:
+    """What a results JSON says about the model: the name or path the user gave (``spec``: a shipped name
+    stays a name, so the JSON does not carry this machine's install path) and the weights' SHA-256."""
+    from molvae.data import file_hash
+
     meta = model.metadata or {}
     hist = model.history or []
     return {
-        "path": str(model.path) if model.path else None,
+        "model": spec if spec is not None else (str(model.path) if model.path else None),
+        "sha256": file_hash(model.path) if model.path else None,
         "latent_dim": model.config.latent_dim,
         "parameters": model.net.n_parameters(),
         "property_head": list(model.config.property_names),
@@ -249,7 +254,8 @@ def run_top3(objectives: tuple[str, ...], default_budget: int, published: dict[s
     from molvae.optimize import optimize
 
     torch.set_num_threads(args.threads)
-    model = MolVAE.load(get_model(args), device=args.device)
+    model_spec = get_model(args)
+    model = MolVAE.load(model_spec, device=args.device)
     guards = Guards(max_heavy_atoms=38)
     if args.design == "known":
         init, init_scores = known_scores(args, args.objective)
@@ -294,7 +300,7 @@ def run_top3(objectives: tuple[str, ...], default_budget: int, published: dict[s
             where = "initial design (encoded training molecule)" if step == 0 else f"search step {step}"
             print(f"  {r['method']}: {v:.4f}  {s}  [{where}{'; in ZINC250k' if inz else '; not in ZINC250k'}]")
     write_json(args.out, {"task": f"{args.objective} top-3 (<= 38 heavy atoms)", "objective": args.objective,
-                          "seed": args.seed, "settings": args.settings, "model": describe_model(model),
+                          "seed": args.seed, "settings": args.settings, "model": describe_model(model, model_spec),
                           "design": design,
                           "init_molecules": len(init), "best_known_score": best_known,
                           "results": results, "published": published})

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from molvae import chem
+from molvae.data import file_hash
 
 pytest.importorskip("botorch")
 
@@ -45,6 +46,9 @@ def test_optimize_qed_known_design(mini_zinc, tiny_model, tmp_path):
     assert res["method"] == "bo" and res["n_calls"] <= 6
     # --settings reach the search and are recorded; their log does not overwrite a default run's.
     assert data["settings"] == {"tr_length": 0.4, "batch_size": 3}
+    # The model is recorded as the user named it, with the hash of its weights.
+    assert data["model"]["model"] == str(tiny_model.path)
+    assert data["model"]["sha256"] == file_hash(tiny_model.path)
     assert Path(res["log"]).name == "qed_bo_known_b6_seed0_batch_size3_tr_length0.4_log.csv"
     searched = pd.read_csv(res["log"], keep_default_na=False)
     assert searched[searched["status"] != "known"].groupby("step").size().max() <= 3
@@ -70,6 +74,7 @@ def test_constrained_plogp_table(mini_zinc, tiny_model, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"0.0", "0.6"}
+    assert data["model"]["sha256"] == file_hash(tiny_model.path)
     rows = data["molecules"]
     assert len(rows) == 4 and {(m["delta"], m["index"]) for m in rows} == {(d, k) for d in (0.0, 0.6) for k in (0, 1)}
     for m in rows:
