@@ -335,7 +335,8 @@ def test_optimize_cli_known_scores(tiny_model, small_csv, tmp_path):
     assert r.exit_code == 0, r.output
     assert "2 of 13 rows of --init" in r.stderr and "row 11: not a valid SMILES" in r.stderr, r.stderr
     assert "row 12: not a valid SMILES (impossible valence" in r.stderr
-    assert "1 molecule has no number in 'activity'" in r.stderr and "row 13: 'n/a'" in r.stderr
+    assert "1 of 11 molecules of --init" in r.stderr and "could not be given a known score" in r.stderr
+    assert "row 13: no number in 'activity' ('n/a')" in r.stderr
     init.write_text("smiles,activity\nC1CC,1\nnot_a_smiles,2\n")
     r = runner.invoke(main, base + ["--init-scores", "activity"])
     assert r.exit_code == 2 and "none of its 2 rows holds a valid SMILES" in r.output

@@ -45,14 +45,10 @@ def _read_smiles(path: str, score_column: str | None = None) -> tuple[list[str],
     if not keep.any():
         raise click.BadParameter(f"{path}: none of its {len(table)} rows holds a valid SMILES", param_hint="--init")
     if scores is not None:
-        missing = [(int(r), v) for r, v, k, y in zip(table["row"], table[score_column], keep, scores)
-                   if k and not np.isfinite(y)]
-        if missing:
-            shown = "; ".join(f"row {r}: {v!r}" for r, v in missing[:3])
-            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-            noun = "molecule has" if len(missing) == 1 else "molecules have"
-            click.echo(f"{len(missing)} {noun} no number in {score_column!r} (--init {path}), used without a "
-                       f"known score: {shown}{more}", err=True)
+        unscored = ["" if np.isfinite(y) else f"no number in {score_column!r} ({v!r})"
+                    for v, y in zip(table[score_column][keep], scores[keep])]
+        report_rejects(table[keep], unscored, what=f"molecules of --init {path}",
+                       verb="given a known score (they join the design unscored)")
     smiles = table["input"][keep].tolist()
     return smiles, (None if scores is None else scores[keep].tolist())
 
