@@ -64,6 +64,8 @@ def _read_text(path: Path, compressed: bool) -> str:
         raise InvalidInputError(f"{path}: corrupt gzip data ({exc}); expected an intact .gz file") from exc
     except (OSError, EOFError) as exc:
         raise InvalidInputError(f"{path}: could not read the file ({exc})") from exc
+    if raw[257:262] == b"ustar":
+        raw = _tar_member(path, raw)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
@@ -73,6 +75,22 @@ def _read_text(path: Path, compressed: bool) -> str:
         raise InvalidInputError(
             f"{path}: line {line} is not valid UTF-8 (byte {raw[exc.start]:#04x}); expected a UTF-8 text file"
         ) from exc
+
+
+def _tar_member(path: Path, raw: bytes) -> bytes:
+    """The bytes of the one file in the tar archive ``raw`` (e.g. ZINC250k's ``.txt.gz``, a gzipped tar)."""
+    import tarfile
+
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            files = [m for m in tar.getmembers() if m.isfile()]
+            if len(files) != 1:
+                names = ", ".join(m.name for m in files[:3]) + (", ..." if len(files) > 3 else "")
+                raise InvalidInputError(f"{path}: a tar archive of {len(files)} files ({names or 'none'}); "
+                                        "expected one file of molecules")
+            return tar.extractfile(files[0]).read()
+    except tarfile.TarError as exc:
+        raise InvalidInputError(f"{path}: a damaged tar archive ({exc}); expected one file of molecules") from exc
 
 
 def find_smiles_column(columns: Sequence[str], requested: str | None = None, *, source: str = "input") -> str:
@@ -115,7 +133,8 @@ def read_molecules(path: str | os.PathLike, smiles_column: str | None = None) ->
     Other columns of a CSV (names, properties) are kept beside them. Formats:
     ``.csv``/``.tsv`` (header row; the SMILES column is found by name or is the
     only column), ``.smi``/``.txt`` (one SMILES per line, optional name after
-    whitespace, optional ``smiles`` header line), ``.sdf``; any of them gzipped.
+    whitespace, optional ``smiles`` header line), ``.sdf``; any of them gzipped; a (gzipped)
+    tar archive of one text file, as ZINC250k is often distributed, is read as that file.
 
     Raises:
         InvalidInputError: missing or empty file, no usable SMILES column, non-UTF-8 text.

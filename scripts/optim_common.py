@@ -8,12 +8,10 @@ ZINC250k as distributed for JT-VAE (``zinc250k.txt.gz``) is sometimes a gzipped 
 
 from __future__ import annotations
 
-import gzip
 import json
 import platform
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,24 +25,15 @@ TEST_FRACTION = 0.1
 
 def read_zinc(path: str | Path) -> list[str]:
     """All SMILES of a ZINC250k file (plain, gzipped, or a gzipped tar of one text file), in file order."""
-    path = Path(path)
-    if not path.exists():
+    from molvae.data import read_molecules
+    from molvae.errors import InvalidInputError
+
+    if not Path(path).exists():
         raise SystemExit(f"{path}: no such file; pass the ZINC250k file as the first argument")
-    text = None
     try:
-        with tarfile.open(path) as tar:
-            member = next(m for m in tar.getmembers() if m.isfile())
-            text = tar.extractfile(member).read().decode("utf-8")
-    except (tarfile.TarError, StopIteration):
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    out = []
-    for line in text.splitlines():
-        parts = line.strip().split()
-        if parts and parts[0].lower() != "smiles":
-            out.append(parts[0])
-    return out
+        return read_molecules(path)["input"].tolist()
+    except InvalidInputError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def zinc_split(path: str | Path, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION

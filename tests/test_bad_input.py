@@ -141,6 +141,32 @@ def test_not_gzip(tmp_path):
             "Not a gzipped file")
 
 
+def _tar_gz(path: Path, files: dict[str, str]) -> Path:
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_tar_archive_of_one_file_is_read_as_that_file(tmp_path):
+    # ZINC250k's zinc250k.txt.gz is a gzipped tar of one text file: read as text, its first line
+    # would carry the tar header and be rejected.
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1"]
+    one = _tar_gz(tmp_path / "zinc.txt.gz", {"zinc.txt": "smiles\n" + "\n".join(smiles) + "\n"})
+    table = read_molecules(one)
+    assert table["input"].tolist() == smiles and table["row"].tolist() == [1, 2, 3]
+    prep = prepare(table)
+    assert len(prep.rejected) == 0
+    two = _tar_gz(tmp_path / "two.tar.gz", {"a.smi": "CCO\n", "b.smi": "CCN\n"})
+    refused(cli("train", two, "--out", tmp_path / "r", *TINY), str(two), "tar archive of 2 files (a.smi, b.smi)",
+            "expected one file of molecules")
+
+
 def test_missing_file_and_folder(tmp_path):
     refused(cli("train", tmp_path / "nope.csv", "--out", tmp_path / "r", *TINY), "nope.csv", "no such file")
     res = cli("train", BAD, "--out", tmp_path / "r", *TINY)  # click's own check: a usage error
