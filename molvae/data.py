@@ -89,6 +89,8 @@ def _tar_member(path: Path, raw: bytes) -> bytes:
                 raise InvalidInputError(f"{path}: a tar archive of {len(files)} files ({names or 'none'}); "
                                         "expected one file of molecules")
             return tar.extractfile(files[0]).read()
+    except tarfile.ReadError:
+        return raw   # "ustar" at byte 257 of a file that is not a tar archive: text after all
     except tarfile.TarError as exc:
         raise InvalidInputError(f"{path}: a damaged tar archive ({exc}); expected one file of molecules") from exc
 

@@ -162,6 +162,10 @@ def test_tar_archive_of_one_file_is_read_as_that_file(tmp_path):
     assert table["input"].tolist() == smiles and table["row"].tolist() == [1, 2, 3]
     prep = prepare(table)
     assert len(prep.rejected) == 0
+    # Text that happens to hold tar's magic word where a tar header has it is still text.
+    lookalike = tmp_path / "lookalike.csv"
+    lookalike.write_text("smiles,name\nCCO," + "x" * (257 - len("smiles,name\nCCO,")) + "ustar\n")
+    assert read_molecules(lookalike)["input"].tolist() == ["CCO"]
     two = _tar_gz(tmp_path / "two.tar.gz", {"a.smi": "CCO\n", "b.smi": "CCN\n"})
     refused(cli("train", two, "--out", tmp_path / "r", *TINY), str(two), "tar archive of 2 files (a.smi, b.smi)",
             "expected one file of molecules")
