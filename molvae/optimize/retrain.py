@@ -111,7 +111,8 @@ class Retrainer:
         amp = use_mixed_precision(self.tc, model.device)   # as the model was trained: bf16 on a fast CPU
         head = self.head if scores is not None else None
         if head is not None:
-            targets = torch.as_tensor(np.asarray(scores, dtype=float), dtype=torch.float32, device=model.device)
+            # np.array copies: a pandas column's array may be read-only, which torch warns about.
+            targets = torch.as_tensor(np.array(scores, dtype=float), dtype=torch.float32, device=model.device)
             unit = float((head.scale ** 2).sum()) or 1.0     # the head's standardized units
             for q in head.head.parameters():
                 q.requires_grad_(True)
