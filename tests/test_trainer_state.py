@@ -1,4 +1,4 @@
-"""The Trainer's resumable state: checkpoints written before the Trainer existed still resume bit for bit,
+"""The Trainer's resumable state: checkpoints written before the Trainer existed still resume (on any CPU),
 TrainState is the checkpoint's training_state, and a resumed run keeps what it was."""
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def test_train_state_is_the_checkpoints_training_state():
 
 
 @pytest.mark.slow
-def test_a_checkpoint_written_before_the_trainer_resumes_bit_for_bit(tmp_path, small_csv):
+def test_a_checkpoint_written_before_the_trainer_resumes(tmp_path, small_csv):
+    """The old checkpoint was written on another CPU, whose kernels round differently in the last bits, so the
+    weights are compared to a tolerance: resuming with a wrong RNG state, optimizer state or batch position moves
+    some weight by at least 7e-3 here, the other CPU's rounding by about 3e-5. Counts are compared exactly."""
     torch.set_num_threads(1)
     cfg = tiny_train_config(**OLD_SETTINGS)
     full = train(small_csv, tmp_path / "full", model_config=TINY_MODEL, train_config=cfg, runs_dir=tmp_path)
@@ -60,9 +63,17 @@ def test_a_checkpoint_written_before_the_trainer_resumes_bit_for_bit(tmp_path, s
     shutil.copytree(OLD_RUN, old)
     # the data is passed again: the checkpoint names the file where it was when the checkpoint was written
     resumed = train(small_csv, resume=old, runs_dir=tmp_path)
-    for k, v in full.model.net.state_dict().items():
-        assert torch.equal(v, resumed.model.net.state_dict()[k]), k
-    pd.testing.assert_frame_equal(_history(full.run_dir), _history(old), check_exact=True)
+    expected, got = full.model.net.state_dict(), resumed.model.net.state_dict()
+    assert list(got) == list(expected)
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+    steps = [load_checkpoint(run / "checkpoint.pt")["training_state"]["global_step"] for run in (tmp_path / "full", old)]
+    assert steps[0] == steps[1]
+    want, have = _history(full.run_dir), _history(old)
+    assert list(have.columns) == list(want.columns) and len(have) == len(want)
+    exact = [c for c in want.columns if not pd.api.types.is_float_dtype(want[c])]
+    pd.testing.assert_frame_equal(have[exact], want[exact], check_exact=True)
+    pd.testing.assert_frame_equal(have.drop(columns=exact), want.drop(columns=exact), check_exact=False, rtol=1e-3)
 
 
 def test_resume_keeps_the_time_the_run_was_created(tmp_path, small_csv):
