@@ -57,26 +57,28 @@ def test_property_head_predicts_qed_of_held_out_molecules(model):
     assert r2 >= 0.8, r2
 
 
-def test_bo_on_qed_beats_its_initial_design(model):
-    """100 oracle calls of BO from the prior: the best molecule it proposed after the initial design scores
-    above every molecule of that design, in at least two of three seeds.
+def test_bo_on_qed_learns_to_propose_better_molecules_than_its_initial_design(model):
+    """300 oracle calls of BO from the prior, seeds 0-2: the last 100 molecules BO proposed score higher on
+    average than the prior samples of its initial design, by at least 0.03 QED in every seed.
 
-    One seed is a coin with a bias, not a measurement: the initial design's best is the maximum of about 30
-    scored prior samples, and the search has 60 calls to pass it. Over seeds 0-4 both shipped zinc250k models
-    measured 4 of 5 (this one misses at seed 0: 0.880 against 0.892; the first one missed at seed 2).
+    Early proposals are no test: over the first 100 calls the searched molecules beat the design by 0.023 on
+    average over seeds 0-9 (per seed -0.086 to 0.132), a coin, and so is the best single molecule (the design's
+    best is the maximum of 30 draws). Once the GP has seen 200 molecules it has learnt: measured on a 2-core AMD
+    EPYC with AVX-512, the last 100 proposals beat the design by 0.141 / 0.101 / 0.089 (seeds 0-2; seeds 3 and 4:
+    0.100, 0.052). Proposals drawn from the prior instead would differ by 0 on average.
     """
     from molvae.optimize import optimize
 
-    wins = []
+    gains = []
     for seed in range(3):
-        res = optimize(model, "qed", method="bo", budget=100, seed=seed)
+        res = optimize(model, "qed", method="bo", budget=300, seed=seed)
         log = res.log[res.log["charged"].astype(bool)]
-        assert len(log) == 100
-        init = log[log["method"] == "bo-init"]
-        searched = log[log["method"] != "bo-init"]
-        assert len(init) >= 10 and len(searched) >= 10
-        wins.append((searched["score"].max(), init["score"].max()))
-    assert sum(found > start for found, start in wins) >= 2, wins
+        assert len(log) == 300
+        init = log[log["method"] == "bo-init"]["score"].fillna(0.0)
+        searched = log[log["method"] != "bo-init"]["score"].fillna(0.0)
+        assert len(init) >= 10 and len(searched) >= 200
+        gains.append(searched.iloc[-100:].mean() - init.mean())
+    assert min(gains) >= 0.03, gains
 
 
 def test_samples_are_valid_zinc_like_molecules(model):
