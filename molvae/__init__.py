@@ -21,6 +21,7 @@ from .config import ModelConfig, TrainConfig  # noqa: E402
 from .core import MolVAE  # noqa: E402
 from .errors import CheckpointError, InvalidInputError, MolvaeError, VocabularyError  # noqa: E402
 from .train import train  # noqa: E402
+from .training.finetune import finetune_config  # noqa: E402
 from .vocab import Vocabulary  # noqa: E402
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "TrainConfig",
     "Vocabulary",
     "train",
+    "finetune_config",
     "MolvaeError",
     "InvalidInputError",
     "VocabularyError",

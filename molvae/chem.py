@@ -36,6 +36,9 @@ __all__ = [
     "ProcessedMolecule",
     "process_smiles",
     "selfies_to_canonical",
+    "stereo_free",
+    "neutralized",
+    "STEREO_MARKS",
     "qed",
     "logp",
     "sa_score",
@@ -239,6 +242,44 @@ def process_smiles(smiles: str | None, *, keep_largest_fragment: bool = True
     if not tokens:
         return "SELFIES encoding is empty"
     return ProcessedMolecule(canonical, selfies, tokens)
+
+
+#: Characters that mark stereochemistry in a SELFIES token or SMILES (tetrahedral ``@``, double-bond ``/`` ``\\``).
+STEREO_MARKS = ("@", "/", "\\")
+
+
+def stereo_free(smiles: str | None) -> str | None:
+    """Canonical SMILES of ``smiles`` with every stereocentre and stereo bond left unspecified
+    (RDKit's ``RemoveStereochemistry``), or ``None`` when it does not parse."""
+    mol = to_mol(smiles)
+    if mol is None:
+        return None
+    Chem.RemoveStereochemistry(mol)
+    with quiet_rdkit():
+        try:
+            return Chem.MolToSmiles(mol) or None
+        except Exception:
+            return None
+
+
+_uncharger = None
+
+
+def neutralized(smiles: str | None) -> str | None:
+    """Canonical SMILES of ``smiles`` with charges neutralized where a neutral form exists (RDKit's
+    standardizer, ``rdMolStandardize.Uncharger``: ``C[NH3+]`` -> ``CN``, ``CC(=O)[O-]`` -> ``CC(=O)O``;
+    a nitro group or a quaternary ammonium keeps its charges), or ``None`` when it does not parse."""
+    global _uncharger
+    mol = to_mol(smiles)
+    if mol is None:
+        return None
+    if _uncharger is None:
+        _uncharger = rdMolStandardize.Uncharger()
+    with quiet_rdkit():
+        try:
+            return Chem.MolToSmiles(_uncharger.uncharge(mol)) or None
+        except Exception:
+            return None
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from .config import ModelConfig, TrainConfig
 from .errors import CheckpointError, InvalidInputError
 from .model import VAE, sequences_to_tensor
 from .prior import NORMAL, GaussianMixturePrior, prior_from_dict
-from .vocab import SPECIAL_TOKENS, Vocabulary
+from .vocab import SPECIAL_TOKENS, Vocabulary, parent_token
 
 __all__ = ["MolVAE", "resolve_device", "find_model", "SHIPPED_MODELS_DIR", "LATEST_POINTER"]
 
@@ -166,6 +167,8 @@ class MolVAE:
         if default_prior != NORMAL and default_prior not in self.priors:
             raise CheckpointError(f"default prior {default_prior!r} is not among the stored priors {sorted(self.priors)}")
         self.default_prior = default_prior
+        #: Read a charged molecule whose charged tokens the model lacks as its neutral form (:meth:`read`).
+        self.neutralize = False
         # SELFIES tokens that place an atom (everything but specials, branches and rings).
         self.atom_tokens = torch.tensor(
             [i >= len(SPECIAL_TOKENS) and not any(k in t for k in ("Branch", "Ring", "nop"))
@@ -213,6 +216,54 @@ class MolVAE:
         path = Path(path)
         save_checkpoint(path, {**self.payload(), **extra})
         return path
+
+    def with_tokens(self, tokens: Sequence[str], *, property_names: tuple[str, ...] | None = None,
+                    max_len: int | None = None, seed: int = 0) -> tuple[MolVAE, list[str]]:
+        """A copy of this model whose vocabulary also holds ``tokens``: ``(model, tokens added)``.
+
+        New tokens go after the old ones (old ids keep their meaning). A new token's embedding and
+        output row start from its :func:`~molvae.vocab.parent_token` (``[C@@H1]`` from ``[C]``), or from
+        the mean of the old non-special rows, with its output bias lowered by ``ln K + 15`` for ``K``
+        new tokens: every new logit is at least that far below some old logit, so before training the
+        old tokens' logits are unchanged and their probabilities move by less than ``K·e^-(ln K + 15)``
+        = 3e-7, while the new rows get gradients like any other (fine-tuning teaches them).
+
+        ``property_names`` different from the model's give a freshly initialized property head (seeded
+        by ``seed``); ``max_len`` changes the decoding limit (no weight depends on it). Priors are not
+        copied: they describe the old latent space.
+        """
+        added = [t for t in dict.fromkeys(tokens) if t not in self.vocab and t not in SPECIAL_TOKENS]
+        vocab = Vocabulary([*self.vocab.tokens, *added])
+        config = self.config.replace(
+            **({} if property_names is None else {"property_names": tuple(property_names)}),
+            **({} if max_len is None else {"max_len": max(int(max_len), self.config.max_len)}))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = VAE(config, len(vocab))
+        old = self.net.state_dict()
+        new = net.state_dict()
+        for k, v in old.items():
+            if k.startswith("property_head.") and config.property_names != self.config.property_names:
+                continue  # a new head for new targets
+            if k in ("embedding.weight", "output.weight", "output.bias"):
+                new[k][: len(self.vocab)] = v
+            else:
+                new[k] = v.clone()
+        if added:
+            regular = torch.arange(len(SPECIAL_TOKENS), len(self.vocab))
+            offset = math.log(len(added)) + 15.0
+            for j, token in enumerate(added, start=len(self.vocab)):
+                parent = parent_token(token, self.vocab)
+                rows = torch.tensor([self.vocab.index[parent]]) if parent else regular
+                for k in ("embedding.weight", "output.weight"):
+                    new[k][j] = old[k][rows].mean(0)
+                new["output.bias"][j] = old["output.bias"][rows].mean() - offset
+        net.load_state_dict(new)
+        net.eval()
+        model = MolVAE(net, vocab, train_config=self.train_config, history=[], metadata=dict(self.metadata),
+                       path=None)
+        model.neutralize = self.neutralize
+        return model.to(self.device), added
 
     @classmethod
     def from_payload(cls, data: dict[str, Any], path: Path | None = None) -> MolVAE:
@@ -280,18 +331,81 @@ class MolVAE:
         return model.to(device)
 
     # ------------------------------------------------------------------ tokens
-    def tokenize(self, smiles: str) -> list[int] | str:
-        """Token ids of one SMILES, or the reason it cannot be represented."""
-        res = chem.process_smiles(smiles, keep_largest_fragment=bool(
-            self.train_config.largest_fragment if self.train_config else True))
+    def read(self, smiles: str) -> tuple[list[int] | str, str | None, str]:
+        """How the model reads one SMILES: ``(token ids or the reason it cannot, the canonical SMILES it
+        read or None, how)``.
+
+        ``how`` is ``""`` when the molecule was read as written, ``"stereo"`` when the model lacks a
+        stereo token of it and read its stereo-free form instead (every token of that form known),
+        ``"charge"`` when :attr:`neutralize` is on and the model read its neutral form, ``"stereo+charge"``
+        when it needed both. A token with no such fallback (an element the model never saw) is a reason.
+        """
+        keep = bool(self.train_config.largest_fragment if self.train_config else True)
+        res = chem.process_smiles(smiles, keep_largest_fragment=keep)
         if isinstance(res, str):
-            return res
+            return res, None, ""
         unknown = self.vocab.unknown(res.tokens)
+        how = ""
         if unknown:
-            return f"tokens not in the model's vocabulary: {' '.join(unknown[:5])}"
+            res, how = self._fallback(res, unknown, keep)
+            unknown = self.vocab.unknown(res.tokens)
+        if unknown:
+            return self._unknown_reason(unknown), None, ""
         if len(res.tokens) + 1 > self.config.max_len:
-            return f"{len(res.tokens)} SELFIES tokens, longer than the model's maximum {self.config.max_len - 1}"
-        return self.vocab.encode(res.tokens)
+            return (f"{len(res.tokens)} SELFIES tokens, longer than the model's maximum {self.config.max_len - 1}",
+                    None, "")
+        return self.vocab.encode(res.tokens), res.smiles, how
+
+    def _fallback(self, res: chem.ProcessedMolecule, unknown: list[str], keep: bool
+                  ) -> tuple[chem.ProcessedMolecule, str]:
+        """The stereo-free and/or (with :attr:`neutralize`) neutral form of ``res`` when that form has only
+        known tokens; else ``res`` unchanged."""
+        stereo = any(m in t for t in unknown for m in chem.STEREO_MARKS)
+        charged = self.neutralize and any(("+" in t or "-" in t) for t in unknown)
+        tries = []
+        if stereo:
+            tries.append(("stereo", chem.stereo_free))
+        if charged:
+            tries.append(("charge", chem.neutralized))
+        if stereo and charged:
+            tries.append(("stereo+charge", lambda smi: chem.neutralized(chem.stereo_free(smi))))
+        for how, transform in tries:
+            other = chem.process_smiles(transform(res.smiles), keep_largest_fragment=keep)
+            if not isinstance(other, str) and not self.vocab.unknown(other.tokens):
+                return other, how
+        return res, ""
+
+    def _unknown_reason(self, unknown: list[str]) -> str:
+        hint = []
+        if not self.neutralize and any(("+" in t or "-" in t) for t in unknown):
+            hint.append("--neutralize reads charged molecules as their neutral form")
+        hint.append("fine-tuning adds tokens: molvae train DATA --from MODEL")
+        return f"tokens not in the model's vocabulary: {' '.join(unknown[:5])} ({'; '.join(hint)})"
+
+    def tokenize(self, smiles: str) -> list[int] | str:
+        """Token ids of one SMILES, or the reason it cannot be represented (see :meth:`read`)."""
+        return self.read(smiles)[0]
+
+    def read_many(self, smiles: Sequence[str | None]) -> tuple[list[list[int] | str], list[str | None]]:
+        """:meth:`read` over many molecules, in input order: ``(token ids or reasons, canonical SMILES read)``.
+
+        Says once (a warning on the ``molvae`` log, which the CLI prints on stderr) how many molecules
+        were read as their stereo-free or neutral form.
+        """
+        ids, canon, hows = [], [], []
+        for s in smiles:
+            i, c, how = self.read(s) if isinstance(s, str) else ("empty SMILES", None, "")
+            ids.append(i)
+            canon.append(c)
+            hows.append(how)
+        n_stereo = sum("stereo" in h for h in hows)
+        n_charge = sum("charge" in h for h in hows)
+        if n_stereo:
+            log.warning("%d of %d molecules read without their stereochemistry: the model has no tokens for it "
+                        "(fine-tune with molvae train DATA --from MODEL to keep it)", n_stereo, len(hows))
+        if n_charge:
+            log.warning("%d of %d molecules read as their neutral form (--neutralize)", n_charge, len(hows))
+        return ids, canon
 
     def ids_to_smiles(self, ids: Sequence[int]) -> tuple[str, str]:
         """``(canonical SMILES or '', SELFIES)`` of decoded token ids."""
@@ -326,7 +440,7 @@ class MolVAE:
     def posterior(self, smiles: Sequence[str], *, batch_size: int = 512
                   ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """``(mu, logvar, reasons)`` of ``smiles``: NaN rows, and the reason, where a molecule cannot be encoded."""
-        ids = [self.tokenize(s) if isinstance(s, str) else "empty SMILES" for s in smiles]
+        ids, _ = self.read_many(smiles)
         mu, logvar = self.posterior_of_ids(ids, batch_size)
         return mu, logvar, [e if isinstance(e, str) else None for e in ids]
 

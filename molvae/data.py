@@ -8,6 +8,7 @@ fragment, SELFIES-encode, dedupe, reject with a reason) -> :class:`TokenData`
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -370,6 +371,22 @@ class PreparedData:
 
     def __len__(self) -> int:
         return len(self.smiles)
+
+    def with_vocabulary(self, vocab: Vocabulary) -> PreparedData:
+        """The same molecules with token ids of ``vocab``, which must hold every token they use (a base
+        model's extended vocabulary when fine-tuning).
+
+        Raises:
+            InvalidInputError: ``vocab`` lacks a token of these molecules.
+        """
+        missing = [t for t in self.vocab.tokens if t not in vocab]
+        if missing:
+            raise InvalidInputError(f"the vocabulary lacks tokens of the data: {' '.join(missing[:5])}")
+        mapping = np.array([vocab.index[t] for t in self.vocab.tokens], dtype=np.int64)
+        id_dtype = np.int16 if len(vocab) < 32767 else np.int32
+        tokens = TokenData(ids=mapping[self.tokens.ids.astype(np.int64)].astype(id_dtype),
+                           offsets=self.tokens.offsets)
+        return dataclasses.replace(self, tokens=tokens, vocab=vocab)
 
 
 # Reasons of :func:`chem.process_smiles`, reproduced by the fast path below.

@@ -395,6 +395,10 @@ def _config_section(r: _Run) -> str:
                  ("train / validation", f"{meta.get('n_train', '–')} / {meta.get('n_val', '–')}"),
                  ("device", meta.get("device")), ("training time (s)", meta.get("train_time_s")),
                  ("created", meta.get("created"))]
+    base = meta.get("base")
+    if isinstance(base, dict):
+        data_rows[:0] = [("fine-tuned from", f"{base.get('name')} (SHA-256 {base.get('sha256')})"),
+                         ("tokens added", " ".join(base.get("added_tokens") or []) or "none")]
     trained_with = config.get("versions") or {}
     now = versions()
     ver_rows = [(k, f"{trained_with.get(k, '–')} (now {now[k]})" if trained_with.get(k) not in (None, now[k])

@@ -78,17 +78,11 @@ def add_properties(table: pd.DataFrame, smiles_column: str = "smiles",
     return out
 
 
-def _keep_largest(model: MolVAE) -> bool:
-    return bool(model.train_config.largest_fragment) if model.train_config else True
-
-
 def _tokenize_all(model: MolVAE, smiles: Sequence[str]) -> tuple[list, list[str], list[str | None]]:
     """Token ids (or a reason string), canonical SMILES ('' for rejects) and reasons, in input order."""
-    ids = [model.tokenize(s) if isinstance(s, str) else "empty SMILES" for s in smiles]
+    ids, read = model.read_many(smiles)
     reasons = [e if isinstance(e, str) else None for e in ids]
-    keep = _keep_largest(model)
-    canon = [chem.canonicalize(s, keep_largest_fragment=keep) or "" if r is None else ""
-             for s, r in zip(smiles, reasons)]
+    canon = [c or "" for c in read]
     return ids, canon, reasons
 
 

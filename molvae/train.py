@@ -43,12 +43,15 @@ from .diagnostics import (active_units, best_epoch, evaluate_loss, greedy_recons
                           latent_means, selection_loss)
 from .distributed import DistContext, init_from_env
 from .errors import CheckpointError, InvalidInputError
+from .training.finetune import (BaseModel, finetune_config, head_targets, load_base, refit_prior, restandardize,
+                                start_from_base)
 from .training.inputs import TrainingData, load_training_data
 from .training.run_folder import RUN_FILES, RunLock, claim_run_dir, clear_old_run, remove_stale_temp_files, \
     run_contents
 from .training.schedules import kl_term, kl_weight_at, learning_rate_at, property_loss, use_mixed_precision
 from .training.state import TrainState
 from .training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
+from .vocab import Vocabulary
 
 __all__ = ["train", "TrainResult", "Trainer", "TrainState", "kl_weight_at", "learning_rate_at", "selection_loss",
            "best_epoch", "evaluate_loss", "greedy_reconstruction_rate", "latent_means", "active_units",
@@ -86,7 +89,7 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
           runs_dir: str | os.PathLike = "runs", resume: str | os.PathLike | None = None,
           n_jobs: int = 1, on_epoch: Callable[[dict[str, Any]], None] | None = None,
           use_cache: bool = True, resume_changes: dict[str, Any] | None = None,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, base: str | os.PathLike | MolVAE | None = None) -> TrainResult:
     """Train a SELFIES VAE and write a run folder.
 
     Args:
@@ -107,6 +110,13 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             before the new run writes its first file). Without it such a folder is refused: a run
             folder is created fresh, replaced on request, or continued with ``resume``.
         use_cache: reuse/store the preprocessed file in the cache (:mod:`molvae.cache`).
+        base: fine-tune: start from this model (a shipped name, run folder, model file or a loaded
+            :class:`MolVAE` read from a file) instead of a random network. Its sizes are used
+            (``model_config`` is not), tokens ``data`` needs and it lacks are added, and
+            ``train_config=None`` means :func:`molvae.training.finetune.finetune_config` (settings for a
+            few hundred molecules). Without ``property_columns`` a head whose targets RDKit computes is
+            kept and fine-tuned. A fitted prior of the base is refitted to the new molecules. The model
+            files and ``config.json`` record the base (name, SHA-256, tokens added).
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) this runs DistributedDataParallel
     (see :mod:`molvae.distributed`): each rank trains on its own slice of every epoch's
@@ -124,6 +134,12 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
     """
     if resume is not None and overwrite:
         raise InvalidInputError("--resume continues a run and --overwrite replaces one; give only one of them")
+    if resume is not None and base is not None:
+        raise InvalidInputError("--resume continues a run (a fine-tuned one keeps its base); drop --from")
+    if base is not None:
+        base = load_base(base)
+        train_config = train_config or finetune_config(base)
+        property_columns = head_targets(base, tuple(property_columns))
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
     lock: RunLock | None = None
@@ -150,7 +166,7 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
             claimed = (run, created)
         return _train(data, run, state, model_config, tc, smiles_column=smiles_column,
                       property_columns=property_columns, runs_dir=runs_dir, n_jobs=n_jobs, on_epoch=on_epoch,
-                      use_cache=use_cache, dist=dist, overwrite=overwrite)
+                      use_cache=use_cache, dist=dist, overwrite=overwrite, base=base)
     except BaseException:
         if claimed is not None and claimed[1] and not run_contents(claimed[0]):
             # The folder this call created got nothing (bad data, an early error): leave no trace.
@@ -203,6 +219,19 @@ def _resume_state(resume, data, smiles_column, property_columns, resume_changes)
     return data, run, state, model_config, train_config, smiles_column, property_columns
 
 
+def _resume_in_base_vocabulary(td: TrainingData, state: dict[str, Any], run: Path) -> None:
+    """A resumed fine-tuning run: the data in the checkpoint's (extended) vocabulary, the property targets
+    scaled as when the run started."""
+    try:
+        td.prepared = td.prepared.with_vocabulary(Vocabulary.from_list(state["vocab"]))
+    except InvalidInputError as exc:
+        raise CheckpointError(f"{run}: the training data changed since the checkpoint; cannot resume ({exc})") \
+            from exc
+    stats = (state.get("metadata") or {}).get("property_stats")
+    if stats and td.prop_array is not None:
+        restandardize(td, stats)
+
+
 def _prepare_run_folder(run: Path | None, state: dict[str, Any] | None, td: TrainingData, dist: DistContext,
                         overwrite: bool) -> Path:
     """The run folder on every rank; on rank 0 the old run cleared (``overwrite``) and ``rejected.csv`` written."""
@@ -218,11 +247,13 @@ def _prepare_run_folder(run: Path | None, state: dict[str, Any] | None, td: Trai
     return run
 
 
-def _run_metadata(td: TrainingData, device: torch.device, net, state: dict[str, Any] | None) -> dict[str, Any]:
+def _run_metadata(td: TrainingData, device: torch.device, net, state: dict[str, Any] | None,
+                  base_record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Facts about the run stored in its model files; a resumed run keeps the time it was first created."""
     created = (state.get("metadata") or {}).get("created") if state is not None else None
     prepared = td.prepared
     return {
+        **({"base": base_record} if base_record else {}),
         "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data_path": td.data_path,
         "data_hash": td.source_hash,
@@ -249,26 +280,33 @@ def _write_config_record(run: Path, model_config: ModelConfig, tc: TrainConfig, 
 
 def _train(data, run: Path | None, state: dict[str, Any] | None, model_config: ModelConfig, tc: TrainConfig, *,
            smiles_column, property_columns, runs_dir, n_jobs: int, on_epoch, use_cache: bool, dist: DistContext,
-           overwrite: bool = False) -> TrainResult:
+           overwrite: bool = False, base: BaseModel | None = None) -> TrainResult:
     """Prepare the data and the run folder, build (or restore) the :class:`Trainer` and run it."""
     show_bar = progress_wanted(tc.show_progress)
     td = load_training_data(data, tc, smiles_column=smiles_column, property_columns=tuple(property_columns),
                             n_jobs=n_jobs, use_cache=use_cache, dist=dist, show_bar=show_bar)
-    vocab = td.prepared.vocab
+    base_record = (state.get("metadata") or {}).get("base") if state is not None else None
     if state is not None:
-        if list(state["vocab"]) != vocab.to_list() or state["training_state"].get("data_hash") != td.source_hash:
+        if base_record:  # a fine-tuning run trains in its base's extended vocabulary
+            _resume_in_base_vocabulary(td, state, run)
+        if list(state["vocab"]) != td.prepared.vocab.to_list() or \
+                state["training_state"].get("data_hash") != td.source_hash:
             raise CheckpointError(f"{run}: the training data changed since the checkpoint; cannot resume")
+        model = MolVAE.new(model_config, td.prepared.vocab, seed=tc.seed)
+    elif base is not None:
+        model, base_record = start_from_base(base, td, tc)
+        model_config = model.config
     else:
         longest = int(td.prepared.tokens.lengths.max())
         cap = (tc.max_selfies_tokens if tc.max_selfies_tokens else longest) + 1
         model_config = model_config.replace(max_len=max(cap, longest + 1),
                                             property_names=tuple(property_columns) or model_config.property_names)
+        model = MolVAE.new(model_config, td.prepared.vocab, seed=tc.seed)
     run = _prepare_run_folder(run, state, td, dist, overwrite)
     device = resolve_device(tc.device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    model = MolVAE.new(model_config, vocab, seed=tc.seed)
-    metadata = _run_metadata(td, device, model.net, state)
+    metadata = _run_metadata(td, device, model.net, state, base_record)
     trainer = Trainer(model, tc, td, run, dist, device, runs_dir=runs_dir, metadata=metadata, on_epoch=on_epoch,
                       show_bar=show_bar)
     if state is not None:
@@ -281,5 +319,9 @@ def _train(data, run: Path | None, state: dict[str, Any] | None, model_config: M
         metadata["world_size"] = dist.world_size
     stopped_early = trainer.fit()
     best = trainer.finish()
+    if base_record and base_record.get("prior") and dist.is_main:
+        train_smiles = [td.prepared.smiles[i] for i in td.train_idx]
+        refit_prior(best, train_smiles, base_record["prior"], tc.seed)
+        best.save(run / "model.pt")
     return TrainResult(run_dir=run, model=best, history=trainer.history, prepared=td.prepared,
                        stopped_early=stopped_early)

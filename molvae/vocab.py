@@ -7,11 +7,12 @@ and never saves it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from .errors import VocabularyError
 
-__all__ = ["Vocabulary", "PAD", "BOS", "EOS", "UNK", "SPECIAL_TOKENS"]
+__all__ = ["Vocabulary", "PAD", "BOS", "EOS", "UNK", "SPECIAL_TOKENS", "parent_token"]
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
@@ -102,3 +103,23 @@ class Vocabulary:
         if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
             raise VocabularyError("stored vocabulary is not a list of strings")
         return cls(tokens)
+
+
+_CHARGE = re.compile(r"[+-]\d*(?=\]$)")
+_HYDROGENS = re.compile(r"H\d*(?=[+-]|\]$)")
+
+
+def parent_token(token: str, known: Vocabulary) -> str | None:
+    """The token of ``known`` closest to a SELFIES ``token`` it lacks: the same atom without its stereo
+    marks (``[C@@H1]`` -> ``[CH1]``, ``[/C]`` -> ``[C]``), then without its charge (``[N+1]`` -> ``[N]``),
+    then without explicit hydrogens (``[NH3+1]`` -> ``[N]``); ``None`` when none of these is known.
+
+    Used to start a new token's embedding and output row from a related one (:meth:`MolVAE.with_tokens`).
+    """
+    steps = [token.replace("@", "").replace("/", "").replace("\\", "")]
+    steps.append(_CHARGE.sub("", steps[-1]))
+    steps.append(_HYDROGENS.sub("", steps[-1]))
+    for candidate in steps:
+        if candidate != token and candidate in known:
+            return candidate
+    return None

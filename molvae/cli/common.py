@@ -48,11 +48,30 @@ def threads_option(f):
                         help="CPU threads for torch [torch's default: all cores].")(f)
 
 
+_NEUTRALIZE = "molvae.neutralize"
+
+
+def _set_neutralize(ctx, param, value):
+    ctx.meta[_NEUTRALIZE] = bool(value)
+    return value
+
+
+def neutralize_option(f):
+    """``--neutralize``: the model reads a charged molecule whose charged tokens it lacks as its neutral form
+    (applied by :func:`load_model`)."""
+    return click.option("--neutralize", is_flag=True, expose_value=False, callback=_set_neutralize,
+                        help="Read charged molecules whose charged tokens the model lacks as their neutral form "
+                             "(RDKit's standardizer) [off].")(f)
+
+
 def load_model(spec: str | None, device: str = "auto", announce: bool = True, default: str | None = None) -> MolVAE:
     """Find and load a model, saying on stderr which one is used; without ``spec`` and without a
-    run, the shipped model ``default`` (``moses`` when None)."""
+    run, the shipped model ``default`` (``moses`` when None). A command with :func:`neutralize_option`
+    gets a model that reads as it asks."""
     path, how = find_model(spec, default=default or DEFAULT_SHIPPED)
     model = MolVAE.load(path, device=device)
+    ctx = click.get_current_context(silent=True)
+    model.neutralize = bool(ctx is not None and ctx.meta.get(_NEUTRALIZE))
     if announce:
         click.echo(f"using {how} ({path})", err=True)
     return model

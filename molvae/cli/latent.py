@@ -16,8 +16,8 @@ import pandas as pd
 from . import main
 from ..checkpoint import atomic_output
 from ..errors import InvalidInputError
-from .common import (device_option, load_model, model_option, positive_float, positive_int, read_input,
-                     refuse_same_file, report_rejects, smiles_column_option, threads_option)
+from .common import (device_option, load_model, model_option, neutralize_option, positive_float, positive_int,
+                     read_input, refuse_same_file, report_rejects, smiles_column_option, threads_option)
 
 # ----------------------------------------------------------------------------- helpers of the latent commands
 
@@ -88,6 +88,7 @@ def grid_option(f):
 @smiles_column_option
 @click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int,
               help="Molecules encoded per step (memory and speed only).")
+@neutralize_option
 @model_option
 @device_option
 @threads_option
@@ -170,6 +171,7 @@ def decode_cmd(latents, out, stochastic, temperature, seed, properties, grid, ba
 @smiles_column_option
 @click.option("--batch-size", type=int, default=512, show_default=True, callback=positive_int,
               help="Molecules per step (memory and speed only).")
+@neutralize_option
 @model_option
 @device_option
 @threads_option
@@ -207,6 +209,7 @@ def reconstruct_cmd(input_, n_decodes, seed, out, properties, smiles_column, bat
 @out_option
 @properties_option
 @grid_option
+@neutralize_option
 @model_option
 @device_option
 @threads_option
@@ -235,6 +238,7 @@ def interpolate_cmd(smiles_a, smiles_b, steps, spherical, keep_duplicates, out, 
               help="Latent points to decode at most [20 × N].")
 @out_option
 @grid_option
+@neutralize_option
 @model_option
 @device_option
 @threads_option
@@ -263,6 +267,7 @@ def neighbors_cmd(smiles, n, radius, seed, max_draws, out, grid, model_spec, dev
 @smiles_column_option
 @click.option("--batch-size", type=int, default=256, show_default=True, callback=positive_int,
               help="Molecules per step (memory and speed only).")
+@neutralize_option
 @model_option
 @device_option
 @threads_option

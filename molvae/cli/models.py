@@ -75,6 +75,7 @@ def describe_model(name: str, path: Path) -> dict[str, Any]:
         "default_prior": data.get("default_prior") or "normal",
         "property_head": list(config.get("property_names") or []),
         "metrics": None,
+        "base": meta.get("base"),
     }
     mpath = metrics_path(path)
     if mpath.is_file():
@@ -103,6 +104,11 @@ def _text(info: dict[str, Any]) -> str:
     if info["n_molecules"] is not None:
         data += f": {info['n_molecules']:,} molecules ({info['n_train']:,} train / {info['n_val']:,} validation)"
     lines.append(f"  trained on  {data}")
+    base = info.get("base")
+    if isinstance(base, dict):
+        added = base.get("added_tokens") or []
+        lines.append(f"  fine-tuned  from {base.get('name')} (SHA-256 {str(base.get('sha256'))[:12]}…), "
+                     f"{len(added)} token(s) added")
     when = f"  training    {info['epochs']} epochs (best {info['best_epoch']}), seed {info['seed']}"
     if info["train_time_s"] is not None:
         when += f", {info['train_time_s'] / 60:.0f} min on {info['train_device']}"

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from . import main
-from .common import (device_option, load_model, model_option, positive_float, positive_int, report_rejects,
-                     threads_option)
+from .common import (device_option, load_model, model_option, neutralize_option, positive_float, positive_int,
+                     report_rejects, threads_option)
 
 
 OPTIMIZATION_MODEL = "zinc250k"   # the shipped model with a QED + pLogP head, trained for optimization
@@ -60,6 +60,7 @@ def _optional_limit(ctx, param, value):
 
 
 @main.command("optimize")
+@neutralize_option
 @model_option(shipped=OPTIMIZATION_MODEL)
 @click.option("--objective", "-O", required=True, metavar="SPEC",
               help="qed, logp, plogp (unnormalized), plogp_zinc (JT-VAE normalized), sa, similarity:<SMILES>, "
@@ -211,6 +212,7 @@ def _report_result(res, *, min_similarity, out, json_out, grid) -> None:
 
 @main.command("predict")
 @click.argument("input_file", metavar="INPUT")
+@neutralize_option
 @model_option(shipped=OPTIMIZATION_MODEL)
 @click.option("--smiles-column", help="SMILES column of a CSV (default: 'smiles' in any case, or the only column).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write CSV here instead of stdout.")

@@ -147,9 +147,13 @@ def _start_molecule(model, start: str) -> str:
     canon_start = chem.canonicalize(start)
     if canon_start is None:
         raise InvalidInputError(f"start molecule {start!r} is not a valid SMILES")
-    reason = model.tokenize(canon_start)
-    if isinstance(reason, str):
-        raise InvalidInputError(f"start molecule {start!r} cannot be encoded by this model: {reason}")
+    ids, read, how = model.read(canon_start)
+    if isinstance(ids, str):
+        raise InvalidInputError(f"start molecule {start!r} cannot be encoded by this model: {ids}")
+    if how:
+        log.warning("start molecule %s read as %s (its %s form: the model lacks its tokens)", start, read,
+                    "stereo-free" if how == "stereo" else "neutral" if how == "charge" else "stereo-free, neutral")
+        return read
     return canon_start
 
 
