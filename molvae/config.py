@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 KL_SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
 LR_SCHEDULES = ("constant", "cosine")
+KEEP_CHOICES = ("best", "last")
 
 
 class ConfigError(InvalidInputError):
@@ -283,6 +284,8 @@ class TrainConfig(_ConfigMixin):
     compile: bool = setting(False, "torch.compile the model", cli="compile")
     early_stopping: int | None = setting(None, "Stop after N epochs without improvement of the validation loss",
                                          cli="early-stopping", low=1, shown="off", on_resume=True)
+    keep: str = setting("best", "Which epoch model.pt holds: best (lowest validation loss at the target β) or last",
+                        cli="keep", choices=KEEP_CHOICES)
     checkpoint_every: int = setting(0, "Also checkpoint every N steps (0 = at the end of each epoch only)",
                                     cli="checkpoint-every", low=0, on_resume=True)
     recon_eval_size: int = setting(500, "Validation molecules decoded for reconstruction accuracy", low=0,

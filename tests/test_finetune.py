@@ -96,8 +96,7 @@ def test_finetuning_adds_the_series_tokens_and_they_learn(base_file, series_csv,
     base = MolVAE.load(base_file)
     new = sorted(_new_tokens(base))  # added in the prepared vocabulary's (sorted) order
     before, _ = base.with_tokens(new)
-    tc = finetune_config(base, epochs=30, early_stopping=None, learning_rate=3e-3, batch_size=8, device="cpu",
-                         show_progress=False)
+    tc = finetune_config(base, epochs=30, learning_rate=3e-3, batch_size=8, device="cpu", show_progress=False)
     res = train(series_csv, tmp_path / "ft", base=str(base_file), train_config=tc)
     model = res.model
     assert model.vocab.tokens == before.vocab.tokens
@@ -147,7 +146,8 @@ def test_finetuning_refits_the_base_prior(base_file, small_csv, tmp_path):
 
 def test_finetune_defaults_and_overrides(tiny_model):
     tc = finetune_config(tiny_model)
-    assert (tc.learning_rate, tc.batch_size, tc.kl_schedule, tc.early_stopping) == (3e-4, 32, "constant", 5)
+    assert (tc.learning_rate, tc.batch_size, tc.kl_schedule, tc.early_stopping, tc.keep) == \
+        (6e-4, 32, "constant", None, "last")
     assert tc.kl_weight == tiny_model.train_config.kl_weight
     assert finetune_config(tiny_model, learning_rate=1e-3, epochs=3).learning_rate == 1e-3
 
@@ -233,3 +233,16 @@ def test_cli_commands_read_stereo_molecules_and_say_so_once(tiny_run, tmp_path):
     res = cli("encode", src, "--model", tiny_run.run_dir, "--out", tmp_path / "n.csv", "--neutralize")
     assert "1 of 4 molecules read as their neutral form" in res.output, res.output
     assert pd.read_csv(tmp_path / "n.csv")["reason"].isna().all()
+
+
+def test_keep_last_puts_the_last_epoch_in_model_pt(small_csv, tmp_path):
+    from conftest import TINY_MODEL, tiny_train_config
+
+    from molvae.checkpoint import load_checkpoint
+
+    res = train(small_csv, tmp_path / "r", model_config=TINY_MODEL, train_config=tiny_train_config(keep="last"))
+    model = load_checkpoint(tmp_path / "r" / "model.pt")
+    last = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert all(torch.equal(model["state_dict"][k], last["state_dict"][k]) for k in last["state_dict"])
+    best = train(small_csv, tmp_path / "b", model_config=TINY_MODEL, train_config=tiny_train_config())
+    assert [h["val_loss"] for h in res.history] == [h["val_loss"] for h in best.history]

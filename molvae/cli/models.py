@@ -52,7 +52,7 @@ def describe_model(name: str, path: Path) -> dict[str, Any]:
     train = dict(data.get("train_config") or {})
     history = list(data.get("history") or [])
     n_params = sum(int(t.numel()) for t in data["state_dict"].values())
-    best = best_epoch(history, train.get("kl_weight"))
+    best = history[-1] if history and train.get("keep") == "last" else best_epoch(history, train.get("kl_weight"))
     info: dict[str, Any] = {
         "name": name,
         "path": str(path),

@@ -398,18 +398,23 @@ class Trainer:
 
     def _keep_if_best(self, row: dict[str, Any]) -> None:
         """Save ``model.pt`` when this epoch has the lowest validation loss at the target β so far
-        (see :func:`~molvae.diagnostics.selection_loss`: one scale for every epoch, also during warm-up)."""
+        (see :func:`~molvae.diagnostics.selection_loss`: one scale for every epoch, also during warm-up),
+        or, with ``keep="last"``, after every epoch whose weights are finite; early stopping counts the
+        epochs without improvement either way."""
         score = row["val_loss"] if math.isfinite(row["val_loss"]) else row["train_loss"]
-        if score < self.state.best_val and _all_finite(self.net):
+        finite = _all_finite(self.net)
+        improved = score < self.state.best_val and finite
+        if improved:
             self.state.best_val, self.state.bad_epochs = score, 0
+        else:
+            self.state.bad_epochs += 1
+        if finite and (improved or self.tc.keep == "last"):
             self._record_in_model()
             if self.dist.is_main:
                 self.model.save(self.run / "model.pt")
                 if not self.pointed:  # LATEST names runs that hold a model, only
                     point_latest(self.run, self.runs_dir)
                     self.pointed = True
-        else:
-            self.state.bad_epochs += 1
 
     def end_epoch(self, epoch: int, row: dict[str, Any], stop_at: int | None = None) -> bool:
         """Record ``row``, keep the best model, write the history and a checkpoint; True when the run stops.
