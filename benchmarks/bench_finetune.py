@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 r"""Fine-tuning a shipped model on a chemist's series, against the alternatives, in one run. Prints JSON.
 
-    python benchmarks/bench_finetune.py --test ../shared/moses/test.csv.gz --threads 1 \
-        --out benchmarks/results/bench_finetune.json
+    python benchmarks/bench_finetune.py --test ../shared/moses/test.csv.gz \
+        --zinc ../shared/zinc250k/zinc250k.txt.gz --threads 1 --out benchmarks/results/bench_finetune.json
+    python benchmarks/bench_finetune.py --table benchmarks/results/bench_finetune.json   # the docs' tables
 
 A *series* is every molecule of ``--test`` (the MOSES test set) that holds one core (a SMARTS): ``--n-finetune``
 of them (seeded) to train on, ``--n-heldout`` others held out. For each core and seed, 1,000 molecules each from:
@@ -187,9 +188,37 @@ def _tokens(smiles: str) -> list[str]:
     return [] if isinstance(res, str) else list(res.tokens)
 
 
+COLUMNS = ("shipped", "scratch", "finetuned", "finetuned_greedy", "floor")
+FIGURES = ("core_share", "FCD", "SNN", "unique", "novel", "valid", "Filters", "train_wall_s")
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """One table per core: mean (min-max over seeds) of every figure and variant."""
+    out = []
+    for name, core in record["cores"].items():
+        out.append(f"**{name}** (`{core['smarts']}`, {core['n_finetune']} to fine-tune on, {core['n_heldout']} held "
+                   f"out, seeds {', '.join(map(str, record['seeds']))})\n")
+        out.append("| figure | " + " | ".join(COLUMNS) + " |")
+        out.append("|---" * (len(COLUMNS) + 1) + "|")
+        for fig in FIGURES:
+            cells = []
+            for col in COLUMNS:
+                v = core["summary"].get(col, {}).get(fig, {})
+                if not v or v.get("mean") is None:
+                    cells.append("–")
+                elif fig == "train_wall_s":
+                    cells.append(f"{v['mean']:.0f} s")
+                else:
+                    cells.append(f"{v['mean']:.3f} ({v['min']:.3f}–{v['max']:.3f})")
+            out.append(f"| {fig} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--test", required=True, help="MOSES test set (csv or csv.gz with a SMILES column)")
+    ap.add_argument("--table", metavar="JSON", help="print the markdown tables of a finished run's JSON and stop")
+    ap.add_argument("--test", help="MOSES test set (csv or csv.gz with a SMILES column)")
     ap.add_argument("--base", default="moses")
     ap.add_argument("--cores", nargs="+", default=list(CORES), help=f"names of {sorted(CORES)} or NAME=SMARTS")
     ap.add_argument("--n-finetune", type=int, default=500)
@@ -203,6 +232,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
+    if not args.test:
+        ap.error("--test is required")
 
     import torch
 

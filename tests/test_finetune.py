@@ -246,3 +246,21 @@ def test_keep_last_puts_the_last_epoch_in_model_pt(small_csv, tmp_path):
     assert all(torch.equal(model["state_dict"][k], last["state_dict"][k]) for k in last["state_dict"])
     best = train(small_csv, tmp_path / "b", model_config=TINY_MODEL, train_config=tiny_train_config())
     assert [h["val_loss"] for h in res.history] == [h["val_loss"] for h in best.history]
+
+
+def test_a_property_head_is_fine_tuned_with_its_base_scaling(small_csv, series_csv, tmp_path):
+    from conftest import TINY_MODEL, tiny_train_config
+
+    base_run = train(small_csv, tmp_path / "base", model_config=TINY_MODEL, train_config=tiny_train_config(),
+                     property_columns=("qed",))
+    base_stats = base_run.model.metadata["property_stats"]
+    tc = finetune_config(base_run.model, epochs=2, device="cpu", show_progress=False)
+    res = train(series_csv, tmp_path / "ft", base=str(tmp_path / "base"), train_config=tc)
+    assert res.model.config.property_names == ("qed",)  # RDKit computes the base's target: the head is kept
+    assert res.model.metadata["property_stats"] == base_stats
+    before = base_run.model.net.property_head[0].weight
+    after = res.model.net.property_head[0].weight
+    assert before.shape == after.shape and not torch.equal(before, after)  # and trained
+    # A head for another target starts afresh.
+    res = train(series_csv, tmp_path / "ft2", base=str(tmp_path / "base"), train_config=tc, property_columns=("logp",))
+    assert res.model.config.property_names == ("logp",)
