@@ -306,11 +306,11 @@ def load_plugin(spec: str) -> Callable[[list[str]], Sequence[float]]:
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _PLUGIN = r"[A-Za-z_./\\][\w./\\-]*:[A-Za-z_]\w*"
 _TERM_START = re.compile(
-    rf"\s*(?:{_NUMBER}\s*\*\s*)?(?:similarity[:(]|(?:{'|'.join(sorted(BUILTIN_OBJECTIVES, key=len, reverse=True))})"
+    rf"\s*(?:{_NUMBER}\s*\*\s*)?(?:(?i:similarity)[:(]|(?i:{'|'.join(sorted(BUILTIN_OBJECTIVES, key=len, reverse=True))})"
     rf"(?![\w:])|{_PLUGIN}\s*(?:$|[+-]))")
 
 _PATH_PLUGIN = re.compile(r"[^+*\s()]*?\.py:[A-Za-z_]\w*(?=\s*(?:$|[+-]))")
-_BUILTIN_THEN_OPERATOR = re.compile(rf"(?:{'|'.join(BUILTIN_OBJECTIVES)})\s*[+-]")
+_BUILTIN_THEN_OPERATOR = re.compile(rf"(?i:{'|'.join(BUILTIN_OBJECTIVES)})\s*[+-]")
 
 
 def _similarity_term(lead: str, weight: float) -> Term:
@@ -327,14 +327,36 @@ def _similarity_term(lead: str, weight: float) -> Term:
 
 
 def _atom_term(name: str, weight: float) -> Term:
+    """A built-in objective (its name in any case), or a plugin ``module:function`` (its case kept)."""
     name = name.strip()
-    if name in BUILTIN_OBJECTIVES:
-        return Term(name=name, weight=weight, mol_fn=BUILTIN_OBJECTIVES[name])
+    if name.lower() in BUILTIN_OBJECTIVES:
+        return Term(name=name.lower(), weight=weight, mol_fn=BUILTIN_OBJECTIVES[name.lower()])
     if ":" in name:
+        prefix = name.split(":", 1)[0]
+        if _close_to_similarity(prefix):
+            raise InvalidInputError(f"unknown objective {name!r}; did you mean similarity:{name.split(':', 1)[1]}?")
         return Term(name=name, weight=weight, batch_fn=load_plugin(name))
+    import difflib
+
+    near = difflib.get_close_matches(name.lower(), [*BUILTIN_OBJECTIVES, "similarity"], n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}? " if near else ""
     raise InvalidInputError(
-        f"unknown objective {name!r}; expected one of {sorted(BUILTIN_OBJECTIVES)}, similarity:<SMILES>, "
+        f"unknown objective {name!r}; {hint}expected one of {sorted(BUILTIN_OBJECTIVES)}, similarity:<SMILES>, "
         "a weighted sum such as qed+0.5*similarity:CCO, or a plugin module:function")
+
+
+def _close_to_similarity(prefix: str) -> bool:
+    """Whether ``prefix`` of ``prefix:...`` is a misspelt ``similarity`` rather than a plugin's module."""
+    import difflib
+
+    if prefix.lower() == "similarity" or prefix.endswith(".py") or "/" in prefix or "." in prefix:
+        return prefix.lower() == "similarity"
+    try:
+        if importlib.util.find_spec(prefix) is not None:
+            return False
+    except (ImportError, ValueError):
+        pass
+    return bool(difflib.get_close_matches(prefix.lower(), ["similarity"], n=1, cutoff=0.75))
 
 
 def _split_terms(spec: str) -> list[tuple[float, str]]:
@@ -379,7 +401,7 @@ def _split_terms(spec: str) -> list[tuple[float, str]]:
                 depth += 1
             elif c == "]":
                 depth -= 1
-            elif c in "+-" and depth == 0 and end > pos and _TERM_START.match(spec, end + 1):
+            elif c in "+-" and depth == 0 and end > pos and _TERM_START.match(spec, _after_signs(spec, end)):
                 break
             end += 1
         atom = spec[pos:end].strip()
@@ -388,6 +410,19 @@ def _split_terms(spec: str) -> list[tuple[float, str]]:
         out.append((weight, atom))
         pos = end
     return out
+
+
+def _after_signs(spec: str, pos: int) -> int:
+    """The position after the run of signs and blanks at ``pos`` (``qed+-0.5*sa``: the ``0`` after ``+-``)."""
+    while pos < len(spec) and spec[pos] in "+- \t":
+        pos += 1
+    return pos
+
+
+def _finite_weight(weight: float, term: str, where: str) -> float:
+    if not math.isfinite(weight):
+        raise InvalidInputError(f"{where}: the weight of {term!r} is {weight!r}; expected a finite number")
+    return weight
 
 
 def _from_file(path: Path, guards: Guards) -> Objective:
@@ -402,8 +437,13 @@ def _from_file(path: Path, guards: Guards) -> Objective:
         unknown = sorted(set(t) - {"name", "weight", "smiles"})
         if unknown:
             raise InvalidInputError(f"objective file {path}: term {i + 1} has unknown key(s) {unknown}")
-        weight = float(t.get("weight", 1.0))
-        if t["name"] == "similarity":
+        try:
+            weight = float(t.get("weight", 1.0))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"objective file {path}: term {i + 1} has weight {t.get('weight')!r}; "
+                                    "expected a number") from exc
+        _finite_weight(weight, str(t["name"]), f"objective file {path}")
+        if str(t["name"]).lower() == "similarity":
             if "smiles" not in t:
                 raise InvalidInputError(f"objective file {path}: similarity term {i + 1} needs 'smiles'")
             terms.append(_similarity_term(str(t["smiles"]), weight))
@@ -432,7 +472,8 @@ def parse_objective(spec: str | Objective, guards: Guards | None = None) -> Obje
         return _from_file(path, guards)
     terms = []
     for weight, atom in _split_terms(spec):
-        if atom.startswith("similarity:"):
+        _finite_weight(weight, atom, f"objective {spec!r}")
+        if atom.lower().startswith("similarity:"):
             terms.append(_similarity_term(atom[len("similarity:"):], weight))
         else:
             terms.append(_atom_term(atom, weight))

@@ -190,3 +190,26 @@ def test_ring_size_and_sa_score_are_computed_in_chem_only():
     assert filter_failure(Chem.MolFromSmiles("C1CCCCCCC1")) == "ring of 8 or more atoms"
     aspirin = Chem.MolFromSmiles("CC(=O)Oc1ccccc1C(=O)O")
     assert chem.sa_score(aspirin) == chem.synthetic_accessibility(aspirin)
+
+
+@pytest.mark.parametrize("spec", ["qed+1e400*logp", "qed-1e999*sa"])
+def test_a_weight_that_overflows_is_refused_before_any_call(spec):
+    with pytest.raises(InvalidInputError, match="expected a finite number"):
+        parse_objective(spec)
+
+
+def test_an_objective_file_with_an_infinite_weight_is_refused(tmp_path):
+    path = tmp_path / "obj.json"
+    path.write_text('{"terms": [{"name": "qed", "weight": 1e400}]}')
+    with pytest.raises(InvalidInputError, match="expected a finite number"):
+        parse_objective(str(path))
+
+
+def test_signed_weights_any_case_names_and_suggestions():
+    assert [(t.name, t.weight) for t in parse_objective("qed+-0.5*sa").terms] == [("qed", 1.0), ("sa", -0.5)]
+    assert [(t.name, t.weight) for t in parse_objective("QED-LogP").terms] == [("qed", 1.0), ("logp", -1.0)]
+    assert parse_objective("Similarity:CCO").terms[0].name == "similarity:CCO"
+    with pytest.raises(InvalidInputError, match="did you mean similarity:CCO"):
+        parse_objective("simlarity:CCO")
+    with pytest.raises(InvalidInputError, match="did you mean 'qed'"):
+        parse_objective("qde")
