@@ -80,6 +80,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InvalidInputError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidInputError(f"device {device!r} is not supported; expected auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
     return dev

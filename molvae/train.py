@@ -157,9 +157,15 @@ def train(data: str | os.PathLike | pd.DataFrame | data_mod.PreparedData | None 
         tc = train_config
         if data is None:
             raise InvalidInputError("no training data given")
+        resolve_device(tc.device)  # a device that cannot be used fails now, not after preprocessing
         _seed_everything(tc.seed)
         if tc.num_threads:
-            torch.set_num_threads(tc.num_threads)
+            from .workers import available_cpus
+
+            if tc.num_threads > available_cpus():
+                log.warning("num_threads %d: %d core(s) available; using %d", tc.num_threads, available_cpus(),
+                            available_cpus())
+            torch.set_num_threads(min(tc.num_threads, available_cpus()))
         dist = init_from_env(tc.device)
         if run is None and dist.is_main:
             run, lock, created = claim_run_dir(out_dir, runs_dir, overwrite)

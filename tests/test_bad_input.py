@@ -405,3 +405,53 @@ def test_evaluate_refuses_unreadable_files(tmp_path):
 def test_optimize_bad_option_values(tiny_run, args, option):
     needs("optimize")
     bad_option(cli("optimize", "--model", tiny_run.run_dir, *args), option)
+
+
+@pytest.mark.parametrize("device, needle", [
+    ("mps", "device 'mps' is not supported; expected auto, cpu, cuda or cuda:N"),
+    ("cuda", "no CUDA GPU is available; use --device cpu"),
+])
+def test_an_unusable_device_fails_before_the_data_is_read(tmp_path, device, needle):
+    import torch
+    from conftest import cli
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data = tmp_path / "d.csv"
+    data.write_text("smiles\nnot-a-smiles\n")  # read after the device check, this would fail on its own
+    res = cli("train", data, "--device", device, "--out", tmp_path / "r")
+    assert res.exit_code == 1 and needle in res.output, res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_threads_are_capped_at_the_cores(tmp_path):
+    from conftest import cli
+
+    res = cli("generate", "--model", "moses", "--n", "3", "--threads", "10000", "--out", tmp_path / "g.csv")
+    assert res.exit_code == 0, res.output
+    assert "--threads 10000: this machine has" in res.output
+    import torch
+
+    from molvae.workers import available_cpus
+
+    assert torch.get_num_threads() <= available_cpus()
+
+
+def test_a_validation_share_that_leaves_few_to_train_on_is_warned_about(tmp_path, caplog):
+    import logging
+
+    from conftest import TINY_MODEL, tiny_train_config
+
+    from molvae import train
+
+    data = tmp_path / "d.csv"
+    data.write_text("smiles\n" + "\n".join(["CCO", "CCN", "CCC", "CCCl", "c1ccccc1", "CC(=O)O", "CCOC", "CCNC"]))
+    logger = logging.getLogger("molvae")  # the CLI stops propagation to the root logger caplog listens on
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="molvae"):
+            train(data, tmp_path / "r", model_config=TINY_MODEL,
+                  train_config=tiny_train_config(epochs=1, val_fraction=0.999))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert any("leaves 1 of 8 molecules to train on" in r.getMessage() for r in caplog.records), caplog.records

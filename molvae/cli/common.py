@@ -38,6 +38,12 @@ def _set_threads(ctx, param, value):
     if value:
         import torch
 
+        from ..workers import available_cpus
+
+        cores = available_cpus()
+        if value > cores:
+            click.echo(f"--threads {value}: this machine has {cores} core(s) available; using {cores}", err=True)
+            value = cores
         torch.set_num_threads(value)
     return value
 

@@ -95,6 +95,9 @@ def _check_kept(prepared: data_mod.PreparedData, label: str) -> None:
 
 def _split(n: int, tc: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     train_idx, val_idx = data_mod.split_indices(n, tc.val_fraction, tc.seed)
+    if len(val_idx) > len(train_idx) and n >= 2:
+        log.warning("val_fraction %g leaves %d of %d molecules to train on (%d validate); use a smaller "
+                    "--val-fraction", tc.val_fraction, len(train_idx), n, len(val_idx))
     if tc.val_fraction > 0 and len(val_idx) == 0:
         log.warning("only %d molecules: the validation split (val_fraction %g) is empty, so there is no "
                     "validation loss and model.pt is chosen by the training loss; use more molecules or a larger "
