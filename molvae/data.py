@@ -242,9 +242,9 @@ def _read_lines(path: Path, text: str) -> pd.DataFrame:
 
 def _read_sdf(path: Path, compressed: bool) -> pd.DataFrame:
     handle = gzip.open(path, "rb") if compressed else open(path, "rb")
-    rows, inputs, names, errors = [], [], [], []
+    rows, inputs, names, errors, fields = [], [], [], [], []
     try:
-        _sdf_records(handle, rows, inputs, names, errors)
+        _sdf_records(handle, rows, inputs, names, errors, fields)
     except (zlib.error, EOFError, gzip.BadGzipFile) as exc:
         raise InvalidInputError(f"{path}: corrupt gzip data ({exc}); expected an intact .gz file") from exc
     if not rows:
@@ -252,18 +252,40 @@ def _read_sdf(path: Path, compressed: bool) -> pd.DataFrame:
     out = pd.DataFrame({"row": rows, "input": inputs})
     if any(names):
         out["name"] = names
+    for key, values in _sd_fields(fields, set(out.columns) | {READ_ERROR}).items():
+        out[key] = values
     if any(errors):
         out[READ_ERROR] = errors  # prepare() rejects these rows with this reason
     return out
 
 
-def _sdf_records(handle, rows: list, inputs: list, names: list, errors: list) -> None:
+def _sd_fields(fields: list[dict[str, str]], taken: set[str]) -> dict[str, pd.Series]:
+    """Every SD data field as a column (``--property``, ``--init-scores``, ``predict``'s true values): numbers
+    where every value present parses as one, else text; missing in a record -> NaN. A field named like one
+    of the reader's own columns gets ``_sd`` appended."""
+    keys = list(dict.fromkeys(k for f in fields for k in f))
+    out = {}
+    for key in keys:
+        values = pd.Series([f.get(key) for f in fields], dtype=object)
+        present = values.dropna()
+        numbers = pd.to_numeric(present.str.strip(), errors="coerce")
+        if len(present) and not numbers.isna().any():
+            values = pd.to_numeric(values, errors="coerce")
+        name = key if key not in taken else f"{key}_sd"
+        out[name] = values
+    return out
+
+
+def _sdf_records(handle, rows: list, inputs: list, names: list, errors: list, fields: list) -> None:
     from rdkit import Chem
 
     with handle, chem.quiet_rdkit():
         supplier = Chem.ForwardSDMolSupplier(handle, sanitize=True)
         for i, mol in enumerate(supplier, start=1):
             rows.append(i)
+            fields.append({} if mol is None else
+                          {k: str(v) for k, v in mol.GetPropsAsDict(includePrivate=False, includeComputed=False).items()
+                           if k != "_Name"})
             if mol is None:
                 inputs.append("")
                 names.append("")

@@ -172,6 +172,16 @@ def smiles_column_option(f):
     return click.option("--smiles-column", help="SMILES column of a CSV input (default: 'smiles' or the only column).")(f)
 
 
+def with_read_errors(table: pd.DataFrame, reasons) -> list[str | None]:
+    """``reasons`` with the reader's own reason where it could not read a record (an SD record RDKit rejects),
+    so every command names the same cause that ``train`` does (not "empty SMILES")."""
+    from ..data import READ_ERROR
+
+    if READ_ERROR not in table.columns:
+        return list(reasons)
+    return [err if isinstance(err, str) and err else r for err, r in zip(table[READ_ERROR], reasons)]
+
+
 def report_rejects(table: pd.DataFrame, reasons, rejected_out: str | None = None, *, what: str = "rows",
                    verb: str = "encoded") -> None:
     """Say on stderr which of ``what`` could not be ``verb`` (first few, with row numbers and reasons),

@@ -17,7 +17,8 @@ from . import main
 from ..checkpoint import atomic_output
 from ..errors import InvalidInputError
 from .common import (device_option, load_model, model_option, neutralize_option, positive_float, positive_int,
-                     read_input, refuse_same_file, report_rejects, smiles_column_option, threads_option)
+                     read_input, refuse_same_file, report_rejects, smiles_column_option, threads_option,
+                     with_read_errors)
 
 # ----------------------------------------------------------------------------- helpers of the latent commands
 
@@ -105,6 +106,7 @@ def encode_cmd(input_, out, sample, seed, rejected_out, smiles_column, batch_siz
     model = load_model(model_spec, device)
     z, reasons = model.encode(table["input"].tolist(), sample=sample, seed=seed if sample else None,
                               batch_size=batch_size)
+    reasons = with_read_errors(table, reasons)
     meta = pd.DataFrame({"row": table["row"], "input": table["input"], "reason": [r or "" for r in reasons]})
     save_latents(out, z, meta)
     n_ok = sum(r is None for r in reasons)
@@ -186,6 +188,7 @@ def reconstruct_cmd(input_, n_decodes, seed, out, properties, smiles_column, bat
     table = read_input(input_, smiles_column)
     model = load_model(model_spec, device)
     res = reconstruct(model, table["input"].tolist(), n_decodes=n_decodes, seed=seed, batch_size=batch_size)
+    res["reason"] = [r or "" for r in with_read_errors(table, [r or None for r in res["reason"]])]
     res.insert(0, "row", table["row"].to_numpy())
     summary = reconstruction_accuracy(res)
     write_table(res, out, properties=properties, smiles_column="reconstructed", what="molecules")
@@ -286,6 +289,7 @@ def score_cmd(input_, n_samples, seed, out, properties, smiles_column, batch_siz
     table = read_input(input_, smiles_column)
     model = load_model(model_spec, device)
     res = score(model, table["input"].tolist(), n_samples=n_samples, seed=seed, batch_size=batch_size)
+    res["reason"] = [r or "" for r in with_read_errors(table, [r or None for r in res["reason"]])]
     res.insert(0, "row", table["row"].to_numpy())
     write_table(res, out, properties=properties, what="molecules")
     enc = res[res["encoded"]]

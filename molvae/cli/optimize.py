@@ -10,7 +10,7 @@ import click
 
 from . import main
 from .common import (device_option, load_model, model_option, neutralize_option, positive_float, positive_int,
-                     report_rejects, threads_option)
+                     report_rejects, threads_option, with_read_errors)
 
 
 OPTIMIZATION_MODEL = "zinc250k"   # the shipped model with a QED + pLogP head, trained for optimization
@@ -210,6 +210,29 @@ def _report_result(res, *, min_similarity, out, json_out, grid) -> None:
         click.echo(f"grid: {grid}", err=True)
 
 
+def _beside_true_values(pred, table, names) -> None:
+    """Where INPUT has a column of a predicted property, keep it: the true values under its own name, the
+    prediction as ``NAME_predicted``, and R² and MAE over the rows with both on stderr."""
+    import numpy as np
+    import pandas as pd
+
+    for name in names:
+        if name not in table.columns or name not in pred.columns:
+            continue
+        true = pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=float)
+        guess = pred[name].to_numpy(dtype=float)
+        at = pred.columns.get_loc(name)
+        pred.columns = [f"{name}_predicted" if c == name else c for c in pred.columns]
+        pred.insert(at, name, true)
+        both = np.isfinite(true) & np.isfinite(guess)
+        if both.sum() >= 2:
+            resid = true[both] - guess[both]
+            ss = float(((true[both] - true[both].mean()) ** 2).sum())
+            r2 = 1 - float((resid ** 2).sum()) / ss if ss > 0 else float("nan")
+            click.echo(f"{name}: R² {r2:.3f}, MAE {float(np.abs(resid).mean()):.4g} over {int(both.sum())} molecules "
+                       f"with a true value", err=True)
+
+
 @main.command("predict")
 @click.argument("input_file", metavar="INPUT")
 @neutralize_option
@@ -236,8 +259,10 @@ def predict_cmd(input_file, model_spec, smiles_column, out, batch_size, device):
     table = read_input(input_file, smiles_column)
     model = load_model(model_spec, device, default=OPTIMIZATION_MODEL)
     pred = predict_properties(model, table["input"].tolist(), batch_size=batch_size)
+    pred["reason"] = [r or "" for r in with_read_errors(table, [r or None for r in pred["reason"]])]
     pred.insert(0, "input", table["input"].values)
     pred.insert(0, "row", table["row"].values)
+    _beside_true_values(pred, table, model.config.property_names)
     n_bad = int((pred["reason"] != "").sum())
     if out:
         from ..checkpoint import atomic_output
