@@ -279,6 +279,7 @@ def _curves_section(r: _Run) -> str:
     if not history.empty:
         cols = [c for c in ("epoch", "beta", "train_recon", "train_kl", "val_recon", "val_kl", "val_nelbo",
                             "val_token_acc", "val_recon_acc", "active_units", "epoch_time_s") if c in history]
+        cols += [c for c in history if c == "train_property_mse" or c.startswith(("val_mse_", "val_r2_"))]
         body += "<h3>Per epoch</h3>" + _df_table(history[cols], "history")
     return f"<section><h2>Training curves</h2>{body}</section>"
 

@@ -66,3 +66,28 @@ def test_predict_keeps_the_true_values_and_reports_r2(tiny_run, sol_sdf, tmp_pat
     assert list(pred.columns[:5]) == ["row", "input", "smiles", "SOL", "SOL_predicted"]
     assert pred["SOL"][0] == -1.0 and pd.isna(pred["SOL"][3]) and pred["SOL_predicted"].notna().all()
     assert "SOL: R² " in res.output and "over 39 molecules with a true value" in res.output
+
+
+def test_the_property_head_has_validation_figures_per_epoch(small_csv, tmp_path):
+    import numpy as np
+    import torch
+
+    from molvae.data import split_indices
+
+    res = train(small_csv, tmp_path / "r", model_config=TINY_MODEL,
+                train_config=tiny_train_config(epochs=2, keep="last"), property_columns=("qed", "logp"))
+    history = pd.read_csv(tmp_path / "r" / "history.csv")
+    for name in ("qed", "logp"):
+        assert history[f"val_mse_{name}"].notna().all() and (history[f"val_mse_{name}"] > 0).all()
+    # Recomputed from the last epoch's model (model.pt with keep="last") on the validation split.
+    model, prepared = res.model, res.prepared
+    _, val_idx = split_indices(len(prepared), 0.1, 0)
+    stats = model.metadata["property_stats"]
+    true = (prepared.properties.to_numpy(dtype=np.float32)[val_idx] - np.array(stats["mean"])) / np.array(stats["std"])
+    mu, _ = model.encode([prepared.smiles[i] for i in val_idx])
+    with torch.no_grad():
+        pred = model.net.property_head(torch.from_numpy(mu)).numpy()
+    for j, name in enumerate(("qed", "logp")):
+        mse = float(((pred[:, j] - true[:, j]) ** 2).mean())
+        assert history[f"val_mse_{name}"].iloc[-1] == pytest.approx(mse, rel=1e-4)
+        assert history[f"val_r2_{name}"].iloc[-1] == pytest.approx(1 - mse / float(true[:, j].var()), rel=1e-4)

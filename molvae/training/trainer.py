@@ -392,9 +392,34 @@ class Trainer:
         }
         if data.prop_array is not None:
             row["train_property_mse"] = self.sums.prop / n_tr
+            if self.dist.is_main and len(data.val_idx):
+                row.update(self._validation_property_figures(mu, data.val_idx[:5000]))
         log.info("epoch %d: recon %.3f kl %.3f beta %.3f | val nelbo %.3f recon_acc %.3f AU %d",
                  epoch + 1, train_recon, train_kl, row["beta"], val["nelbo"], recon_acc, row["active_units"])
         return row
+
+    @torch.no_grad()
+    def _validation_property_figures(self, mu: np.ndarray, idx: np.ndarray) -> dict[str, float]:
+        """Per property of the head, on validation molecules with a value: the mean squared error of the
+        standardized target (the scale of ``train_property_mse``) and R² (the same in the data's units)."""
+        if self.net.property_head is None:
+            return {}
+        was = self.net.training
+        self.net.eval()
+        pred = self.net.property_head(torch.from_numpy(mu).to(self.device)).float().cpu().numpy()
+        self.net.train(was)
+        true = self.data.prop_array[idx]
+        out = {}
+        for j, name in enumerate(self.model.config.property_names):
+            ok = np.isfinite(true[:, j])
+            if ok.sum() < 2:
+                out[f"val_mse_{name}"] = out[f"val_r2_{name}"] = math.nan
+                continue
+            err = float(((pred[ok, j] - true[ok, j]) ** 2).mean())
+            var = float(true[ok, j].var())
+            out[f"val_mse_{name}"] = err
+            out[f"val_r2_{name}"] = 1.0 - err / var if var > 0 else math.nan
+        return out
 
     def _keep_if_best(self, row: dict[str, Any]) -> None:
         """Save ``model.pt`` when this epoch has the lowest validation loss at the target β so far
