@@ -12,7 +12,8 @@ of them (seeded) to train on, ``--n-heldout`` others held out. For each core and
 * ``scratch``: a model trained from a random network on the series alone (molvae's default sizes and
   settings, the fine-tuning batch size and epochs, no early stopping);
 * ``finetuned``: ``molvae train SERIES --from BASE`` with the fine-tuning defaults;
-* ``finetuned_greedy``: the same model, decoded greedily;
+* ``finetuned_greedy``, ``finetuned_T0.5``: the same model decoded greedily, and sampled at temperature 0.5
+  (the trade of diversity for the core);
 
 and ``floor``: the fine-tune set itself measured against the held-out molecules. Figures per sample set:
 share with the core, FCD and SNN to the held-out molecules, unique, novel (against the fine-tune set),
@@ -110,34 +111,34 @@ def _base(name: str):
     return _BASES[name]
 
 
-def run_core(name: str, smarts: str, test: list[str], args, folder: Path) -> dict[str, Any]:
-    rows: dict[str, list[dict]] = {}
-    for seed in args.seeds:
-        finetune, heldout = build_series(test, smarts, args.n_finetune, args.n_heldout, seed)
-        series_file = folder / f"{name}_{seed}.csv"
-        pd.DataFrame({"smiles": finetune}).to_csv(series_file, index=False)
-        samples: dict[str, tuple[list[str], float | None]] = {}
-        base = _base(args.base)
-        samples["shipped"] = (base.sample(args.n_samples, seed=seed)["smiles"].tolist(), None)
-        model, wall = train_variant(series_file, folder / f"{name}_{seed}_scratch", seed, None, args.scratch_epochs)
-        samples["scratch"] = (model.sample(args.n_samples, seed=seed)["smiles"].tolist(), wall)
-        model, wall = train_variant(series_file, folder / f"{name}_{seed}_ft", seed, args.base, None)
-        samples["finetuned"] = (model.sample(args.n_samples, seed=seed)["smiles"].tolist(), wall)
-        samples["finetuned_greedy"] = (model.sample(args.n_samples, seed=seed, greedy=True)["smiles"].tolist(), wall)
-        samples["finetuned_epochs"] = (len(model.history), None)
-        for key, (smiles, wall) in samples.items():
-            if key == "finetuned_epochs":
-                rows.setdefault(key, []).append({"epochs": smiles})
-                continue
-            row = figures(smiles, smarts, finetune, heldout)
-            row["train_wall_s"] = wall
-            rows.setdefault(key, []).append(row)
-        floor = figures(finetune, smarts, finetune, heldout)
-        floor["novel"] = None
-        rows.setdefault("floor", []).append(floor)
-        print(json.dumps({"core": name, "seed": seed, **{k: v[-1] for k, v in rows.items()}}), file=sys.stderr)
-    return {"smarts": smarts, "n_finetune": args.n_finetune, "n_heldout": args.n_heldout,
-            "per_seed": rows, "summary": {k: summarize(v) for k, v in rows.items()}}
+def run_pair(task: dict[str, Any]) -> dict[str, Any]:
+    """One core and seed: every variant's figures (a worker of ``--jobs``)."""
+    import torch
+
+    if task["threads"]:
+        torch.set_num_threads(task["threads"])
+    name, smarts, seed, n_samples = task["name"], task["smarts"], task["seed"], task["n_samples"]
+    finetune, heldout, folder = task["finetune"], task["heldout"], Path(task["folder"])
+    series_file = folder / f"{name}_{seed}.csv"
+    pd.DataFrame({"smiles": finetune}).to_csv(series_file, index=False)
+    samples: dict[str, tuple[list[str], float | None]] = {}
+    samples["shipped"] = (_base(task["base"]).sample(n_samples, seed=seed)["smiles"].tolist(), None)
+    model, wall = train_variant(series_file, folder / f"{name}_{seed}_scratch", seed, None, task["scratch_epochs"])
+    samples["scratch"] = (model.sample(n_samples, seed=seed)["smiles"].tolist(), wall)
+    model, wall = train_variant(series_file, folder / f"{name}_{seed}_ft", seed, task["base"], None)
+    samples["finetuned"] = (model.sample(n_samples, seed=seed)["smiles"].tolist(), wall)
+    for key, kwargs in DECODINGS.items():
+        samples[key] = (model.sample(n_samples, seed=seed, **kwargs)["smiles"].tolist(), wall)
+    rows: dict[str, dict] = {"finetuned_epochs": {"epochs": len(model.history)}}
+    for key, (smiles, wall) in samples.items():
+        rows[key] = {**figures(smiles, smarts, finetune, heldout), "train_wall_s": wall}
+    rows["floor"] = {**figures(finetune, smarts, finetune, heldout), "novel": None}
+    print(json.dumps({"core": name, "seed": seed, **rows}), file=sys.stderr, flush=True)
+    return rows
+
+
+def _task(task: dict[str, Any]) -> dict[str, Any]:
+    return stereo_series(task) if task["kind"] == "stereo" else run_pair(task)
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float | None]]:
@@ -150,15 +151,20 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def stereo_series(zinc: str, smarts: str, n: int, args, folder: Path) -> dict[str, Any]:
+def stereo_series(task: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune on a few dozen ZINC250k molecules with stereocentres sharing a core: which stereo tokens are
     added, and how many samples carry a stereocentre."""
     from rdkit import Chem
 
+    import torch
+
     from molvae.data import read_molecules
 
+    if task["threads"]:
+        torch.set_num_threads(task["threads"])
+    smarts, n, folder = task["smarts"], task["n"], Path(task["folder"])
     core = Chem.MolFromSmarts(smarts)
-    table = read_molecules(zinc)
+    table = read_molecules(task["zinc"])
     hits = []
     for s in table["input"]:
         m = Chem.MolFromSmiles(s)
@@ -168,10 +174,10 @@ def stereo_series(zinc: str, smarts: str, n: int, args, folder: Path) -> dict[st
             break
     series_file = folder / "zinc_stereo.csv"
     pd.DataFrame({"smiles": hits}).to_csv(series_file, index=False)
-    base = _base(args.base)
+    base = _base(task["base"])
     unknown = sorted({t for s in hits for t in base.vocab.unknown(_tokens(s))})
-    model, wall = train_variant(series_file, folder / "zinc_stereo_ft", 0, args.base, None)
-    smiles = model.sample(args.n_samples, seed=0)["smiles"].tolist()
+    model, wall = train_variant(series_file, folder / "zinc_stereo_ft", 0, task["base"], None)
+    smiles = model.sample(task["n_samples"], seed=0)["smiles"].tolist()
     valid = [s for s in smiles if s]
     return {"core": smarts, "n_molecules": len(hits), "tokens_base_lacks": unknown,
             "tokens_added": model.metadata.get("base", {}).get("added_tokens"),
@@ -188,7 +194,8 @@ def _tokens(smiles: str) -> list[str]:
     return [] if isinstance(res, str) else list(res.tokens)
 
 
-COLUMNS = ("shipped", "scratch", "finetuned", "finetuned_greedy", "floor")
+DECODINGS: dict[str, dict[str, Any]] = {"finetuned_greedy": {"greedy": True}, "finetuned_T0.5": {"temperature": 0.5}}
+COLUMNS = ("shipped", "scratch", "finetuned", *DECODINGS, "floor")
 FIGURES = ("core_share", "FCD", "SNN", "unique", "novel", "valid", "Filters", "train_wall_s")
 
 
@@ -212,6 +219,12 @@ def markdown(record: dict[str, Any]) -> str:
                     cells.append(f"{v['mean']:.3f} ({v['min']:.3f}–{v['max']:.3f})")
             out.append(f"| {fig} | " + " | ".join(cells) + " |")
         out.append("")
+    st = record.get("stereo_series")
+    if st:
+        out.append(f"**stereo series** ({st['n_molecules']} ZINC250k molecules with a stereocentre and `{st['core']}`): "
+                   f"tokens added {' '.join(st['tokens_added'] or [])}; of {record['n_samples']} samples "
+                   f"{st['samples_valid']:.3f} valid, {st['samples_with_stereocentre']:.3f} with a stereocentre, "
+                   f"{st['samples_with_core']:.3f} with the core; fine-tuned in {st['train_wall_s']:.0f} s\n")
     return "\n".join(out)
 
 
@@ -229,7 +242,8 @@ def main() -> None:
     ap.add_argument("--zinc", help="ZINC250k (zinc250k.txt.gz) for the stereo series")
     ap.add_argument("--zinc-core", default="c1ccccc1C(=O)N", help="SMARTS the stereo series shares")
     ap.add_argument("--zinc-n", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per job")
+    ap.add_argument("--jobs", type=int, default=1, help="core-and-seed pairs run side by side (one per CPU core)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.table:
@@ -242,6 +256,7 @@ def main() -> None:
 
     from molvae import __version__
     from molvae.data import read_molecules
+    from molvae.workers import ordered_map
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -249,17 +264,33 @@ def main() -> None:
     record: dict[str, Any] = {
         "benchmark": "bench_finetune", "command": " ".join(sys.argv), "molvae": __version__, "base": args.base,
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "load_before": os.getloadavg()},
+                    "torch_threads": torch.get_num_threads(), "jobs": args.jobs, "load_before": os.getloadavg()},
         "n_samples": args.n_samples, "seeds": args.seeds, "cores": {},
     }
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        common = {"base": args.base, "n_samples": args.n_samples, "threads": args.threads, "folder": tmp}
+        tasks, cores = [], {}
         for spec in args.cores:
             name, smarts = spec.split("=", 1) if "=" in spec else (spec, CORES[spec])
-            record["cores"][name] = run_core(name, smarts, test, args, folder)
+            cores[name] = smarts
+            for seed in args.seeds:
+                finetune, heldout = build_series(test, smarts, args.n_finetune, args.n_heldout, seed)
+                tasks.append({**common, "kind": "pair", "name": name, "smarts": smarts, "seed": seed,
+                              "finetune": finetune, "heldout": heldout, "scratch_epochs": args.scratch_epochs})
         if args.zinc:
-            record["stereo_series"] = stereo_series(args.zinc, args.zinc_core, args.zinc_n, args, folder)
+            tasks.append({**common, "kind": "stereo", "zinc": args.zinc, "smarts": args.zinc_core, "n": args.zinc_n})
+        results = list(ordered_map(_task, tasks, args.jobs, what="fine-tuning a series"))
+    for name, smarts in cores.items():
+        per_seed: dict[str, list[dict]] = {}
+        for task, rows in zip(tasks, results):
+            if task["kind"] == "pair" and task["name"] == name:
+                for key, row in rows.items():
+                    per_seed.setdefault(key, []).append(row)
+        record["cores"][name] = {"smarts": smarts, "n_finetune": args.n_finetune, "n_heldout": args.n_heldout,
+                                 "per_seed": per_seed, "summary": {k: summarize(v) for k, v in per_seed.items()}}
+    if args.zinc:
+        record["stereo_series"] = results[-1]
     record["wall_s"] = time.perf_counter() - t0
     record["machine"]["load_after"] = os.getloadavg()
     text = json.dumps(record, indent=2)
