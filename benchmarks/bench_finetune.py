@@ -20,6 +20,9 @@ share with the core, FCD and SNN to the held-out molecules, unique, novel (again
 valid, MOSES Filters pass rate, and the wall time of training. FCD on a thousand molecules is noisy: the
 spread over seeds is reported beside every mean.
 
+``--sweep`` measures, instead, the fine-tuning settings of :data:`SWEEP` and the refitted prior's number of
+components against the defaults (sampled as ``generate`` does).
+
 ``--zinc`` adds a small series with stereocentres from ZINC250k (molecules with a tetrahedral centre that
 share ``--zinc-core``): what the fine-tuned model writes of their stereo tokens.
 """
@@ -49,12 +52,17 @@ CORES = {
 }
 
 
+_HITS: dict[str, list[str]] = {}
+
+
 def build_series(test: list[str], smarts: str, n_finetune: int, n_heldout: int, seed: int
                  ) -> tuple[list[str], list[str]]:
     from rdkit import Chem
 
-    core = Chem.MolFromSmarts(smarts)
-    hits = [s for s in test if (m := Chem.MolFromSmiles(s)) is not None and m.HasSubstructMatch(core)]
+    if smarts not in _HITS:
+        core = Chem.MolFromSmarts(smarts)
+        _HITS[smarts] = [s for s in test if (m := Chem.MolFromSmiles(s)) is not None and m.HasSubstructMatch(core)]
+    hits = _HITS[smarts]
     order = np.random.default_rng(seed).permutation(len(hits))
     hits = [hits[i] for i in order]
     if len(hits) < n_finetune + 20:
@@ -82,12 +90,13 @@ def figures(smiles: list[str], smarts: str, finetune: list[str], heldout: list[s
     }
 
 
-def train_variant(series_file: Path, out: Path, seed: int, base: str | None, epochs: int | None) -> tuple[Any, float]:
+def train_variant(series_file: Path, out: Path, seed: int, base: str | None, epochs: int | None,
+                  settings: dict[str, Any] | None = None) -> tuple[Any, float]:
     from molvae import TrainConfig, finetune_config, train
 
     t0 = time.perf_counter()
     if base is not None:
-        overrides = {"seed": seed, "show_progress": False}
+        overrides = {"seed": seed, "show_progress": False, **(settings or {})}
         if epochs is not None:
             overrides.update(epochs=epochs, early_stopping=None)
         res = train(series_file, out, base=base, train_config=finetune_config(_base(base), **overrides),
@@ -137,8 +146,48 @@ def run_pair(task: dict[str, Any]) -> dict[str, Any]:
     return rows
 
 
+#: ``--sweep``: fine-tuning settings tried against the defaults (TrainConfig fields)
+SWEEP: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "lr 3e-4": {"lr": 3e-4},
+    "lr 1e-3": {"lr": 1e-3},
+    "60 epochs": {"epochs": 60},
+    "best validation epoch kept": {"keep": "best"},
+}
+#: ``--sweep``: mixture components of the refitted prior, tried on the default fine-tuned model
+SWEEP_COMPONENTS = (1, 32, 100)
+
+
+def run_setting(task: dict[str, Any]) -> dict[str, Any]:
+    """One fine-tuning setting of ``--sweep`` on one series: figures of the model's default sampling (and,
+    for the defaults, of priors refitted with other numbers of components)."""
+    import torch
+
+    from molvae.sample import fit_prior
+
+    if task["threads"]:
+        torch.set_num_threads(task["threads"])
+    name, smarts, seed, n = task["name"], task["smarts"], task["seed"], task["n_samples"]
+    finetune, heldout, folder = task["finetune"], task["heldout"], Path(task["folder"])
+    series_file = folder / f"{name}_{seed}.csv"
+    pd.DataFrame({"smiles": finetune}).to_csv(series_file, index=False)
+    label = task["setting"]
+    model, wall = train_variant(series_file, folder / f"{name}_{seed}_sweep{list(SWEEP).index(label)}", seed,
+                                task["base"], None, SWEEP[label])
+    rows = {label: {**figures(model.sample(n, seed=seed)["smiles"].tolist(), smarts, finetune, heldout),
+                    "train_wall_s": wall, "epochs_trained": len(model.history)}}
+    if not SWEEP[label]:
+        for k in SWEEP_COMPONENTS:  # fitted to the whole fine-tune set
+            fit_prior(model, finetune, n_components=k, seed=seed, name=f"gmm{k}")
+            smiles = model.sample(n, seed=seed, prior=f"gmm{k}")["smiles"].tolist()
+            rows[f"prior with {k} components"] = figures(smiles, smarts, finetune, heldout)
+    print(json.dumps({"core": name, "seed": seed, **rows}), file=sys.stderr, flush=True)
+    return rows
+
+
 def _task(task: dict[str, Any]) -> dict[str, Any]:
-    return stereo_series(task) if task["kind"] == "stereo" else run_pair(task)
+    kind = task["kind"]
+    return stereo_series(task) if kind == "stereo" else run_setting(task) if kind == "sweep" else run_pair(task)
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float | None]]:
@@ -219,6 +268,17 @@ def markdown(record: dict[str, Any]) -> str:
                     cells.append(f"{v['mean']:.3f} ({v['min']:.3f}–{v['max']:.3f})")
             out.append(f"| {fig} | " + " | ".join(cells) + " |")
         out.append("")
+    for name, rows in record.get("sweep", {}).items():
+        figs = ("core_share", "FCD", "SNN", "unique", "novel", "Filters", "train_wall_s")
+        out.append(f"**{name}**, fine-tuning settings (mean, min–max over seeds {', '.join(map(str, record['seeds']))})\n")
+        out.append("| setting | " + " | ".join(figs) + " |")
+        out.append("|---" * (len(figs) + 1) + "|")
+        for label, summary in rows.items():
+            cells = [("–" if summary.get(f, {}).get("mean") is None else
+                      f"{summary[f]['mean']:.0f} s" if f == "train_wall_s" else
+                      f"{summary[f]['mean']:.3f} ({summary[f]['min']:.3f}–{summary[f]['max']:.3f})") for f in figs]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
     st = record.get("stereo_series")
     if st:
         out.append(f"**stereo series** ({st['n_molecules']} ZINC250k molecules with a stereocentre and `{st['core']}`): "
@@ -242,6 +302,8 @@ def main() -> None:
     ap.add_argument("--zinc", help="ZINC250k (zinc250k.txt.gz) for the stereo series")
     ap.add_argument("--zinc-core", default="c1ccccc1C(=O)N", help="SMARTS the stereo series shares")
     ap.add_argument("--zinc-n", type=int, default=48)
+    ap.add_argument("--sweep", action="store_true",
+                    help="instead: the fine-tuning settings of SWEEP and priors of SWEEP_COMPONENTS against the defaults")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per job")
     ap.add_argument("--jobs", type=int, default=1, help="core-and-seed pairs run side by side (one per CPU core)")
     ap.add_argument("--out")
@@ -278,9 +340,18 @@ def main() -> None:
                 finetune, heldout = build_series(test, smarts, args.n_finetune, args.n_heldout, seed)
                 tasks.append({**common, "kind": "pair", "name": name, "smarts": smarts, "seed": seed,
                               "finetune": finetune, "heldout": heldout, "scratch_epochs": args.scratch_epochs})
-        if args.zinc:
+        if args.sweep:
+            tasks = [{**t, "kind": "sweep", "setting": label} for t in tasks for label in SWEEP]
+        elif args.zinc:
             tasks.append({**common, "kind": "stereo", "zinc": args.zinc, "smarts": args.zinc_core, "n": args.zinc_n})
         results = list(ordered_map(_task, tasks, args.jobs, what="fine-tuning a series"))
+    if args.sweep:
+        record["sweep"] = {name: {} for name in cores}
+        for task, rows in zip(tasks, results):
+            for key, row in rows.items():
+                record["sweep"][task["name"]].setdefault(key, []).append(row)
+        record["sweep"] = {name: {k: summarize(v) for k, v in rows.items()} for name, rows in record["sweep"].items()}
+        cores = {}
     for name, smarts in cores.items():
         per_seed: dict[str, list[dict]] = {}
         for task, rows in zip(tasks, results):
@@ -289,7 +360,7 @@ def main() -> None:
                     per_seed.setdefault(key, []).append(row)
         record["cores"][name] = {"smarts": smarts, "n_finetune": args.n_finetune, "n_heldout": args.n_heldout,
                                  "per_seed": per_seed, "summary": {k: summarize(v) for k, v in per_seed.items()}}
-    if args.zinc:
+    if args.zinc and not args.sweep:
         record["stereo_series"] = results[-1]
     record["wall_s"] = time.perf_counter() - t0
     record["machine"]["load_after"] = os.getloadavg()
