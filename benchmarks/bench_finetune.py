@@ -149,8 +149,8 @@ def run_pair(task: dict[str, Any]) -> dict[str, Any]:
 #: ``--sweep``: fine-tuning settings tried against the defaults (TrainConfig fields)
 SWEEP: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "lr 3e-4": {"lr": 3e-4},
-    "lr 1e-3": {"lr": 1e-3},
+    "lr 3e-4": {"learning_rate": 3e-4},
+    "lr 1e-3": {"learning_rate": 1e-3},
     "60 epochs": {"epochs": 60},
     "best validation epoch kept": {"keep": "best"},
 }
@@ -177,7 +177,7 @@ def run_setting(task: dict[str, Any]) -> dict[str, Any]:
     rows = {label: {**figures(model.sample(n, seed=seed)["smiles"].tolist(), smarts, finetune, heldout),
                     "train_wall_s": wall, "epochs_trained": len(model.history)}}
     if not SWEEP[label]:
-        for k in SWEEP_COMPONENTS:  # fitted to the whole fine-tune set
+        for k in (k for k in SWEEP_COMPONENTS if len(finetune) >= 2 * k):  # fitted to the whole fine-tune set
             fit_prior(model, finetune, n_components=k, seed=seed, name=f"gmm{k}")
             smiles = model.sample(n, seed=seed, prior=f"gmm{k}")["smiles"].tolist()
             rows[f"prior with {k} components"] = figures(smiles, smarts, finetune, heldout)
