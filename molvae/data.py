@@ -130,8 +130,11 @@ def find_smiles_column(columns: Sequence[str], requested: str | None = None, *, 
         "or name the SMILES column with --smiles-column")
 
 
-def read_molecules(path: str | os.PathLike, smiles_column: str | None = None) -> pd.DataFrame:
+def read_molecules(path: str | os.PathLike, smiles_column: str | Sequence[str] | None = None) -> pd.DataFrame:
     """Read a molecule file into a table with ``row`` (1-based record number) and ``input`` (the SMILES text).
+
+    ``smiles_column`` names the SMILES column of a table (a file without it is refused), or gives
+    candidates (a list: the first one the table has, else the column is found by name, with a warning).
 
     Other columns of a CSV (names, properties) are kept beside them. Formats:
     ``.csv``/``.tsv`` (header row; the SMILES column is found by name or is the
@@ -166,7 +169,7 @@ def read_molecules(path: str | os.PathLike, smiles_column: str | None = None) ->
 STDIN = "-"
 
 
-def _read_stdin(smiles_column: str | None) -> pd.DataFrame:
+def _read_stdin(smiles_column: str | Sequence[str] | None) -> pd.DataFrame:
     """``-``: molecules from standard input, one SMILES per line or a CSV table with a header."""
     source = Path("<stdin>")
     if sys.stdin is None or sys.stdin.isatty():
@@ -189,13 +192,20 @@ def _looks_like_table(text: str) -> bool:
     return "," in first or first.strip().lower() == "smiles"
 
 
-def _read_table(path: Path, text: str, sep: str, smiles_column: str | None) -> pd.DataFrame:
+def _read_table(path: Path, text: str, sep: str, smiles_column: str | Sequence[str] | None) -> pd.DataFrame:
     try:
         df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=True)
     except pd.errors.EmptyDataError as exc:
         raise InvalidInputError(f"{path}: the file is empty; expected a header row and SMILES") from exc
     except pd.errors.ParserError as exc:
         raise InvalidInputError(f"{path}: not a valid CSV table ({str(exc).strip().splitlines()[-1]})") from exc
+    if smiles_column is not None and not isinstance(smiles_column, str):
+        # candidates: the first one this table has, else found by name (said, so a typo is not silent)
+        present = [c for c in smiles_column if c in df.columns]
+        if not present:
+            log.warning("%s has no column %s; its SMILES column is found by name", path,
+                        " or ".join(repr(c) for c in smiles_column))
+        smiles_column = present[0] if present else None
     if not isinstance(df.index, pd.RangeIndex):
         # pandas takes the extra leading fields of rows longer than the header as an
         # index, which would shift every value into the wrong column.

@@ -3,6 +3,8 @@ command, and predict keeping the true values beside its predictions."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from conftest import TINY_MODEL, cli, tiny_train_config
@@ -91,3 +93,23 @@ def test_the_property_head_has_validation_figures_per_epoch(small_csv, tmp_path)
         mse = float(((pred[:, j] - true[:, j]) ** 2).mean())
         assert history[f"val_mse_{name}"].iloc[-1] == pytest.approx(mse, rel=1e-4)
         assert history[f"val_r2_{name}"].iloc[-1] == pytest.approx(1 - mse / float(true[:, j].var()), rel=1e-4)
+
+
+def test_evaluate_reads_each_file_by_its_own_smiles_column(small_csv, tmp_path):
+    smiles = pd.read_csv(small_csv)["smiles"].tolist()
+    gen, test = tmp_path / "gen.csv", tmp_path / "test.csv"
+    pd.DataFrame({"id": range(30), "smi": smiles[:30]}).to_csv(gen, index=False)
+    pd.DataFrame({"SMILES": smiles[30:80], "pIC50": 6.0}).to_csv(test, index=False)
+    res = cli("evaluate", gen, "--test", test, "--smiles-column", "smi", "--no-fcd", "--no-cache",
+              "--json", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    assert "has no column 'smi'; its SMILES column is found by name" in res.output
+    assert str(test) in res.output and str(gen) + " has no" not in res.output
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["counts"]["generated"]["n_total"] == 30 and record["counts"]["test"]["n_total"] == 50
+    assert record["metrics"]["SNN/Test"] > 0
+    # a file that has none of the names and no detectable column is still refused in one line
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"a": smiles[:5], "b": smiles[5:10]}).to_csv(bad, index=False)
+    res = cli("evaluate", gen, "--test", bad, "--smiles-column", "smi", "--no-fcd", "--no-cache")
+    assert res.exit_code == 1 and "Traceback" not in res.output

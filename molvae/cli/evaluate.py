@@ -38,7 +38,9 @@ def _parse_k(ctx, param, value: str) -> list[int]:
 @click.option("--heldout-size", type=int, default=1000, show_default=True, callback=positive_int,
               help="Test molecules sampled for the --model figures.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out sample.")
-@click.option("--smiles-column", default=None, help="SMILES column of CSV inputs (default: found by name).")
+@click.option("--smiles-column", "smiles_columns", multiple=True, metavar="NAME",
+              help="SMILES column of CSV inputs, repeatable: each file uses the first of these names it has; "
+                   "a file with none of them has its column found by name (with a warning).")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Reference-statistics cache [default: $MOLVAE_CACHE_DIR or ~/.cache/molvae].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached reference statistics.")
@@ -48,7 +50,7 @@ def _parse_k(ctx, param, value: str) -> list[int]:
               help="Write property histograms (logP, QED, SA, MW) of GENERATED vs --train (else --test) and a "
                    "grid of generated molecules into this folder (needs matplotlib).")
 def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, threads, json_out, device, model_spec,
-                 heldout_size, seed, smiles_column, cache_dir, no_cache, no_fcd, progress, plots_dir):
+                 heldout_size, seed, smiles_columns, cache_dir, no_cache, no_fcd, progress, plots_dir):
     """MOSES metrics of the molecules in GENERATED (csv/smi/sdf, e.g. from `molvae generate`; `-` for stdin).
 
     \b
@@ -76,6 +78,7 @@ def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, threads, jso
     from .common import refuse_same_file
 
     refuse_same_file(json_out, generated, train, test, test_scaffolds, option="--json")
+    smiles_column = tuple(smiles_columns) or None
     if generated == "-":
         from ..data import read_molecules
 
@@ -96,7 +99,8 @@ def evaluate_cmd(generated, train, test, test_scaffolds, k, n_jobs, threads, jso
         _write_plots(plots_dir, generated, train or test, "training" if train else "test", smiles_column)
 
 
-def _write_plots(out_dir: str, generated: str | list[str], reference: str | None, label: str, smiles_column: str | None) -> None:
+def _write_plots(out_dir: str, generated: str | list[str], reference: str | None, label: str,
+                 smiles_column: tuple[str, ...] | None) -> None:
     """``--plots DIR``: property histograms of generated vs reference molecules and a molecule grid."""
     from pathlib import Path
 

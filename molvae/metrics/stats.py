@@ -102,7 +102,7 @@ class SmilesSource:
     """A set of SMILES given as a file or a list; read lazily, hashed cheaply for the cache."""
 
     source: str | os.PathLike | Sequence[str]
-    smiles_column: str | None = None
+    smiles_column: str | Sequence[str] | None = None
     label: str = "molecules"
     _smiles: list[str] | None = None
     _digest: str | None = None
@@ -121,6 +121,10 @@ class SmilesSource:
                 self._smiles = ["" if s is None else str(s) for s in self.source]
         return self._smiles
 
+    def _column_key(self) -> str:
+        col = self.smiles_column
+        return col or "" if col is None or isinstance(col, str) else "|".join(col)
+
     def digest(self) -> str:
         """SHA-256 of the file bytes (plus the column asked for) or of the SMILES list."""
         if self._digest is None:
@@ -129,7 +133,7 @@ class SmilesSource:
                 if not path.is_file():
                     raise InvalidInputError(f"{path}: no such file ({self.label})")
                 self._digest = hashlib.sha256(
-                    f"{file_hash(path)}|{self.smiles_column or ''}".encode()).hexdigest()
+                    f"{file_hash(path)}|{self._column_key()}".encode()).hexdigest()
             else:
                 h = hashlib.sha256()
                 for s in self.smiles():

@@ -242,7 +242,7 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
              k: int | Sequence[int] = (1000, 10000), n_jobs: int | None = None, device: str | torch.device = "auto",
              model=None, heldout_size: int = 1000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
              use_cache: bool = True, compute_fcd: bool = True, progress: bool = False,
-             smiles_column: str | None = None, threads: int | None = None) -> Evaluation:
+             smiles_column: str | Sequence[str] | None = None, threads: int | None = None) -> Evaluation:
     """Compute the MOSES metrics of generated molecules.
 
     Args:
@@ -260,7 +260,8 @@ def evaluate(generated: str | os.PathLike | Sequence[str], *,
         use_cache: read and write the cache.
         compute_fcd: compute FCD (needs the ``fcd`` package; skipped with a note when missing).
         progress: progress bars on stderr.
-        smiles_column: SMILES column of CSV inputs when not found automatically.
+        smiles_column: SMILES column of CSV inputs when not found automatically; a list gives candidates
+            (each file uses the first it has, a file with none of them is read by detection).
         threads: torch threads for the matrix products (default: ``n_jobs``).
 
     Returns:
