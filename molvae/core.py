@@ -588,11 +588,6 @@ _WORKER_MODEL: MolVAE | None = None
 
 def _init_sampler(payload: dict[str, Any]) -> None:
     global _WORKER_MODEL
-    import signal
-
-    # Ctrl-C is the parent's to handle (it stops between batches and shuts the pool down).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
     _WORKER_MODEL = MolVAE.from_payload(payload)
 
 
@@ -605,14 +600,12 @@ def _parallel_batches(model: MolVAE, tasks: Iterator[tuple], jobs: int) -> Itera
     """Run sampling tasks in ``jobs`` spawned processes, at most ``2 × jobs`` ahead of the consumer, in order."""
     import multiprocessing as mp
     from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    from .workers import crashed
+    from .workers import crashed, pool_in
 
     # spawn, not fork: a forked child of a process that already ran OpenMP threads can hang in them.
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                               initializer=_init_sampler, initargs=(model.payload(),))
+    pool = pool_in(mp.get_context("spawn"), jobs, _init_sampler, (model.payload(),))
     pending: deque = deque()
     try:
         for task in tasks:

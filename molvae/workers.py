@@ -8,9 +8,11 @@ one-line error.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,7 +21,7 @@ from typing import Any
 
 from .errors import WorkerCrashed
 
-__all__ = ["available_cpus", "resolve_jobs", "process_pool", "ordered_map", "crashed"]
+__all__ = ["available_cpus", "resolve_jobs", "start_worker", "process_pool", "pool_in", "ordered_map", "crashed"]
 
 log = logging.getLogger(__name__)
 _warned: set[int] = set()
@@ -47,11 +49,54 @@ def resolve_jobs(n_jobs: int | None) -> int:
     return int(n_jobs)
 
 
-def process_pool(n_jobs: int) -> ProcessPoolExecutor:
-    """A pool of ``n_jobs`` processes (fork where there is fork, so workers share what is imported)."""
+def start_worker(parent: int | None = None) -> None:
+    """What every worker process does first.
+
+    * SIGINT and SIGTERM are the parent's: a scheduler (``timeout``, SLURM, systemd) signals the whole
+      process group, and the parent stops between batches, writes what it has and shuts the pool down;
+      a worker that died of the signal would turn that into a crash with nothing written.
+    * It dies with its parent (Linux ``PR_SET_PDEATHSIG``): a parent killed with SIGKILL or by the
+      out-of-memory killer leaves no workers behind.
+    * One torch thread: the parallelism is the pool's.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no libc symbol: the worker lives as before
+            pass
+    if parent is not None and os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    import torch
+
+    torch.set_num_threads(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def process_pool(n_jobs: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()
+                 ) -> ProcessPoolExecutor:
+    """A pool of ``n_jobs`` processes (fork where there is fork, so workers share what is imported), each
+    started with :func:`start_worker` and then ``initializer(*initargs)``."""
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
-    return ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx)
+    return pool_in(ctx, n_jobs, initializer, initargs)
+
+
+def pool_in(ctx: Any, n_jobs: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()
+            ) -> ProcessPoolExecutor:
+    """:func:`process_pool` with a given multiprocessing context (``spawn`` where the parent already ran
+    OpenMP threads: a forked child of such a process can hang in them)."""
+    return ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_start,
+                               initargs=(os.getpid(), initializer, initargs))
+
+
+def _start(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    start_worker(parent)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def crashed(what: str) -> WorkerCrashed:

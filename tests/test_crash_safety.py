@@ -3,6 +3,7 @@ non-finite steps are skipped, counted and eventually stop the run with its last 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -251,12 +252,13 @@ def _partial_output(out: Path) -> Path | None:
     return found[0] if found else (out if out.exists() else None)
 
 
-def _start_generation(model: Path, out: Path) -> subprocess.Popen:
+def _start_generation(model: Path, out: Path, *extra: str, session: bool = False) -> subprocess.Popen:
     env = _env()
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.Popen(_cli("generate", "--n", "1000000", "--model", str(model), "--out", str(out),
-                                 "--batch-size", "200", "--seed", "0", "--device", "cpu", "--no-progress"),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "--batch-size", "200", "--seed", "0", "--device", "cpu", "--no-progress", *extra),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=session)
     t0 = time.monotonic()
     while not (_partial_output(out) and _partial_output(out).stat().st_size > 20_000):
         if proc.poll() is not None:
@@ -295,6 +297,49 @@ def test_sigkill_during_generation_leaves_valid_complete_lines(tmp_path, tiny_ru
     rows, _ = _complete_rows(partial)
     _assert_rows_valid(rows)
     assert len(rows) > 1
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    """Whether every process of the group ``pgid`` has exited within ``timeout`` seconds."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_keeps_the_complete_rows(tmp_path, tiny_run):
+    """``timeout``, SLURM and systemd signal the whole process group, workers included: the workers leave the
+    signal to the parent, which writes the complete rows and exits 143."""
+    out = tmp_path / "big.csv"
+    proc = _start_generation(tiny_run.run_dir / "model.pt", out, "--n-jobs", "2", session=True)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "died" not in err and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "complete molecules" in lines[0], err
+    rows, ends_clean = _complete_rows(out)
+    assert ends_clean and len(rows) > 1
+    _assert_rows_valid(rows)
+    assert _group_gone(proc.pid, 30), "worker processes outlived generate"
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_killed_parent(tmp_path, tiny_run):
+    out = tmp_path / "big.csv"
+    proc = _start_generation(tiny_run.run_dir / "model.pt", out, "--n-jobs", "2", session=True)
+    proc.send_signal(signal.SIGKILL)  # the parent alone, as the out-of-memory killer does
+    proc.wait(timeout=60)
+    try:
+        assert _group_gone(proc.pid, 30), "worker processes outlived their killed parent"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

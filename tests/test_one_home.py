@@ -34,13 +34,13 @@ def test_dead_helpers_are_gone():
 def test_one_parallel_map_and_one_core_count():
     import inspect
 
-    from molvae import chem, data, workers
-    from molvae.metrics import molecules
+    from molvae import chem, core, data, workers
+    from molvae.metrics import chemnet, molecules, similarity
 
     assert molecules.resolve_n_jobs is workers.resolve_jobs
     assert "ordered_map" in inspect.getsource(data.process_compact)
     assert "ordered_map" in inspect.getsource(chem.compute_properties)
     assert "process_pool" in inspect.getsource(molecules.Workers)
-    for module in (data, chem, molecules):
+    for module in (data, chem, molecules, core, chemnet, similarity):
         source = inspect.getsource(module)
         assert "cpu_count" not in source and "ProcessPoolExecutor" not in source and "mp.Pool" not in source

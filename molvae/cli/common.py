@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pandas as pd
@@ -84,10 +85,10 @@ def load_model(spec: str | None, device: str = "auto", announce: bool = True, de
 
 
 @contextlib.contextmanager
-def stop_on_interrupt() -> Iterator[dict[str, bool]]:
-    """Turn the first Ctrl-C/SIGTERM into ``flag["stop"] = True`` for a loop to check between
-    batches, so output is never cut mid-row; a second one interrupts at once."""
-    flag = {"stop": False}
+def stop_on_interrupt() -> Iterator[dict[str, Any]]:
+    """Turn the first Ctrl-C/SIGTERM into ``flag["stop"] = True`` (and ``flag["signal"]`` its number) for a
+    loop to check between batches, so output is never cut mid-row; a second one interrupts at once."""
+    flag: dict[str, Any] = {"stop": False, "signal": 0}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -95,7 +96,7 @@ def stop_on_interrupt() -> Iterator[dict[str, bool]]:
     def handler(signum, frame):
         if flag["stop"]:
             raise KeyboardInterrupt
-        flag["stop"] = True
+        flag["stop"], flag["signal"] = True, signum
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -86,10 +86,10 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
                                unique=unique, exclude=exclude)
     out_path = Path(out) if out else None
     written, draws, interrupted, grid_smiles = _write_batches(batches, n, out_path, properties, bool(grid), progress)
-    if interrupted:
+    if interrupted:  # the signal's number: exit 130 after SIGINT, 143 after SIGTERM, as the shell reports them
         where = f"{out_path} holds" if out_path else "wrote"
         click.echo(f"Error: interrupted: {where} {written} complete molecules of the {n} asked for", err=True)
-        sys.exit(130)
+        sys.exit(128 + interrupted)
     if out_path:
         click.echo(f"wrote {written} molecules to {out_path}", err=True)
     if grid and grid_smiles:
@@ -127,7 +127,7 @@ def _write_batches(batches, n: int, out_path: Path | None, properties: bool, gri
     error leaves an existing file untouched.
 
     Returns:
-        ``(written, draws, interrupted, first valid SMILES for the grid)``.
+        ``(written, draws, the number of the signal that stopped it or 0, first valid SMILES for the grid)``.
     """
     as_csv = out_path is not None and out_path.suffix.lower() == ".csv"
     grid_smiles: list[str] = []
@@ -149,4 +149,4 @@ def _write_batches(batches, n: int, out_path: Path | None, properties: bool, gri
             bar.update(len(rows))
             if interrupt["stop"]:
                 break
-    return written, draws, bool(interrupt["stop"]), grid_smiles
+    return written, draws, int(interrupt["signal"]) if interrupt["stop"] else 0, grid_smiles

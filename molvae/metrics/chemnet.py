@@ -210,13 +210,10 @@ _WORKER_NET: ChemNet | None = None
 
 
 def activations_chunk(batches: Sequence[Sequence[str]]) -> list[np.ndarray]:
-    """ChemNet activations of each batch of SMILES, in a worker process (one torch thread there)."""
+    """ChemNet activations of each batch of SMILES, in a worker process (one torch thread there:
+    :func:`molvae.workers.start_worker`)."""
     global _WORKER_NET
-    import multiprocessing
-
     if _WORKER_NET is None:
-        if multiprocessing.parent_process() is not None:
-            torch.set_num_threads(1)
         _WORKER_NET = ChemNet("cpu")
     return [_WORKER_NET._forward(one_hot(list(batch))).float().numpy() for batch in batches]
 

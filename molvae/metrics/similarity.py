@@ -117,11 +117,7 @@ def max_tanimoto(query: np.ndarray, query_counts: np.ndarray, reference: np.ndar
 
 
 def _max_tanimoto_task(tasks: list) -> list[np.ndarray]:
-    """Worker side of :func:`max_tanimoto`: one thread, one stripe of reference blocks."""
-    import multiprocessing
-
-    if multiprocessing.parent_process() is not None:
-        torch.set_num_threads(1)
+    """Worker side of :func:`max_tanimoto`: one stripe of reference blocks (one thread in a worker)."""
     return [_max_sorted(query, chunks, dtype, torch.device("cpu"), block) for query, chunks, dtype, block in tasks]
 
 
@@ -194,11 +190,7 @@ def power_mean_tanimoto(fps: np.ndarray, counts: np.ndarray, weights: np.ndarray
 
 
 def _power_sums_task(tasks: list) -> list[dict[int, np.ndarray]]:
-    """Worker side of :func:`power_mean_tanimoto`: one thread, a stripe of row blocks."""
-    import multiprocessing
-
-    if multiprocessing.parent_process() is not None:
-        torch.set_num_threads(1)
+    """Worker side of :func:`power_mean_tanimoto`: a stripe of row blocks (one thread in a worker)."""
     return [_power_sums(shared, rows, torch.device("cpu")) for shared, rows in tasks]
 
 
