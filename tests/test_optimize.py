@@ -333,13 +333,21 @@ def test_optimize_cli_known_scores(tiny_model, small_csv, tmp_path):
                   "activity": list(np.linspace(0.0, 1.0, 10)) + [0.5, 0.5, "n/a"]}).to_csv(init, index=False)
     r = runner.invoke(main, base + ["--init-scores", "activity"])
     assert r.exit_code == 0, r.output
-    assert "2 of 13 rows of --init" in r.stderr and "row 11: not a valid SMILES" in r.stderr, r.stderr
-    assert "row 12: not a valid SMILES (impossible valence" in r.stderr
+    assert "2 of 13 rows of --init" in r.stderr and "row 11: RDKit could not parse the SMILES" in r.stderr, r.stderr
+    assert "row 12: RDKit could not parse the SMILES (impossible valence" in r.stderr
     assert "1 of 11 molecules of --init" in r.stderr and "could not be given a known score" in r.stderr
     assert "row 13: no number in 'activity' ('n/a')" in r.stderr
+    # Molecules RDKit reads but the model cannot encode (an element it never saw, a wildcard atom) are
+    # reported too, with the reason, not dropped without a word.
+    pd.DataFrame({"smiles": smiles[:5] + ["[SeH]c1ccccc1", "C[Si](C)(C)C", "*CC"],
+                  "activity": np.linspace(0.0, 1.0, 8)}).to_csv(init, index=False)
+    r = runner.invoke(main, base + ["--init-scores", "activity"])
+    assert r.exit_code == 0, r.output
+    assert "3 of 8 rows of --init" in r.stderr and "row 6: tokens not in the model's vocabulary: [SeH1]" in r.stderr
+    assert "row 7: tokens not in the model's vocabulary: [Si]" in r.stderr and "row 8: SELFIES could not" in r.stderr
     init.write_text("smiles,activity\nC1CC,1\nnot_a_smiles,2\n")
     r = runner.invoke(main, base + ["--init-scores", "activity"])
-    assert r.exit_code == 2 and "none of its 2 rows holds a valid SMILES" in r.output
+    assert r.exit_code == 2 and "none of its 2 rows holds a molecule the model can encode" in r.output
     r = runner.invoke(main, ["optimize", "--model", str(tiny_model.path), "--objective", "qed",
                              "--init-scores", "activity", "--no-progress"])
     assert r.exit_code == 2 and "--init-scores needs --init" in r.output

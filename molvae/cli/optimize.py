@@ -16,14 +16,13 @@ from .common import (device_option, load_model, model_option, neutralize_option,
 OPTIMIZATION_MODEL = "zinc250k"   # the shipped model with a QED + pLogP head, trained for optimization
 
 
-def _read_smiles(path: str, score_column: str | None = None) -> tuple[list[str], list[float] | None]:
-    """SMILES of ``path`` and, with ``score_column``, that column's numbers (NaN where not a number).
-    Rows without a valid SMILES are left out; they and molecules without a number are reported on
-    stderr (first few, with row numbers and reasons)."""
+def _read_smiles(path: str, score_column: str | None, model) -> tuple[list[str], list[float] | None]:
+    """SMILES of ``path`` that ``model`` can encode and, with ``score_column``, that column's numbers (NaN
+    where not a number). Every row left out (not a molecule, a token the model lacks, too long) and every
+    molecule without a number is reported on stderr (first few, with row numbers and reasons)."""
     import numpy as np
     import pandas as pd
 
-    from .. import chem
     from ..data import read_molecules
 
     table = read_molecules(path)
@@ -34,16 +33,14 @@ def _read_smiles(path: str, score_column: str | None = None) -> tuple[list[str],
             raise click.BadParameter(f"{path} has no column {score_column!r}; its columns: {have or 'none'}",
                                      param_hint="--init-scores")
         scores = pd.to_numeric(table[score_column], errors="coerce").astype(float)
-    reasons = []
-    for s in table["input"]:
-        if not isinstance(s, str) or not s.strip():
-            reasons.append("empty")
-        else:
-            reasons.append("" if chem.canonicalize(s) is not None else f"not a valid SMILES ({chem.parse_error(s)})")
+    inputs = [s if isinstance(s, str) and s.strip() else None for s in table["input"]]
+    reasons = [why or "" for why in with_read_errors(
+        table, [why if isinstance(why, str) else None for why in model.read_many(inputs)[0]])]
     report_rejects(table, reasons, what=f"rows of --init {path}", verb="used")
     keep = np.array([not why for why in reasons], dtype=bool)
     if not keep.any():
-        raise click.BadParameter(f"{path}: none of its {len(table)} rows holds a valid SMILES", param_hint="--init")
+        raise click.BadParameter(f"{path}: none of its {len(table)} rows holds a molecule the model can encode "
+                                 f"(row {int(table['row'].iloc[0])}: {reasons[0]})", param_hint="--init")
     if scores is not None:
         unscored = ["" if np.isfinite(y) else f"no number in {score_column!r} ({v!r})"
                     for v, y in zip(table[score_column][keep], scores[keep])]
@@ -164,7 +161,7 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
     if given:
         raise click.UsageError(f"{', '.join(given)} only apply to the other --method")
     model = load_model(model_spec, device, default=OPTIMIZATION_MODEL)
-    init, init_scores = _read_smiles(init_file, init_score_column) if init_file else (None, None)
+    init, init_scores = _read_smiles(init_file, init_score_column, model) if init_file else (None, None)
     click.echo(f"objective {obj.name} (guards: {obj.guards.describe()}), method {method}, budget {budget}", err=True)
     res = optimize(model, obj, method=method, budget=budget, seed=seed, start=start, min_similarity=min_similarity,
                    init_smiles=init, init_scores=init_scores, log_path=out, top_k=top_k,
