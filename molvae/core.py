@@ -615,7 +615,7 @@ def _parallel_batches(model: MolVAE, tasks: Iterator[tuple], jobs: int) -> Itera
         while pending:
             yield pending.popleft().result()
     except BrokenProcessPool as exc:
-        raise crashed("sampling molecules") from exc
+        raise crashed("sampling molecules", pool) from exc
     finally:
         for f in pending:
             f.cancel()

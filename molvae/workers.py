@@ -89,18 +89,30 @@ def pool_in(ctx: Any, n_jobs: int, initializer: Callable[..., None] | None = Non
             ) -> ProcessPoolExecutor:
     """:func:`process_pool` with a given multiprocessing context (``spawn`` where the parent already ran
     OpenMP threads: a forked child of such a process can hang in them)."""
-    return ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_start,
-                               initargs=(os.getpid(), initializer, initargs))
+    failures = ctx.SimpleQueue()
+    pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_start,
+                               initargs=(os.getpid(), failures, initializer, initargs))
+    pool.molvae_failures = failures  # what a worker that could not start said (read by crashed())
+    return pool
 
 
-def _start(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
-    start_worker(parent)
-    if initializer is not None:
-        initializer(*initargs)
+def _start(parent: int, failures: Any, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    try:
+        start_worker(parent)
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as exc:  # the pool only learns that the worker is gone: tell it why
+        failures.put(f"{type(exc).__name__}: {exc}")
+        raise
 
 
-def crashed(what: str) -> WorkerCrashed:
-    """The error for a pool whose worker died while doing ``what``."""
+def crashed(what: str, pool: ProcessPoolExecutor | None = None) -> WorkerCrashed:
+    """The error for a pool whose worker died while doing ``what``: the worker's own exception where it
+    raised one while starting (an ImportError of a package changed under a running job), else the usual
+    causes of a process that dies without a word."""
+    failures = getattr(pool, "molvae_failures", None)
+    if failures is not None and not failures.empty():
+        return WorkerCrashed(f"a worker process failed while {what}: {failures.get()}; nothing was written")
     return WorkerCrashed(
         f"a worker process died while {what} (a crash in RDKit on an extreme input, or the out-of-memory "
         "killer); nothing was written. Look for unusually large molecules in the input, or retry with fewer "
@@ -121,4 +133,4 @@ def ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], n_jobs: int, *, 
         try:
             yield from pool.map(fn, items)
         except BrokenProcessPool as exc:
-            raise crashed(what) from exc
+            raise crashed(what, pool) from exc

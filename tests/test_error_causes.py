@@ -43,3 +43,25 @@ def test_debug_prints_the_chained_traceback(tmp_path, monkeypatch):
     assert one_error(loud) == line  # the one-line message is the same with and without debug
     assert "Traceback" in loud.output
     assert "The above exception was the direct cause of the following exception" in loud.output
+
+
+def _cannot_start():
+    raise ImportError("No module named 'pyarrow'")
+
+
+def test_a_worker_that_cannot_start_reports_its_own_exception():
+    """Not "a crash in RDKit or the out-of-memory killer": the worker's ImportError, in one line."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from molvae import workers
+    from molvae.errors import WorkerCrashed
+
+    with pytest.raises(WorkerCrashed) as caught:
+        with workers.process_pool(2, _cannot_start) as pool:
+            try:
+                list(pool.map(abs, [1, -2, 3]))
+            except BrokenProcessPool as exc:
+                raise workers.crashed("reading molecules", pool) from exc
+    message = str(caught.value)
+    assert message.startswith("a worker process failed while reading molecules: ImportError: No module named 'pyarrow'")
+    assert "out-of-memory" not in message and "\n" not in message

@@ -234,6 +234,6 @@ class Workers:
                     out.append(res)
                     (progress or bar.update)(weight(chunk))
             except BrokenProcessPool as exc:
-                self._pool = None
-                raise crashed(f"computing {desc}") from exc
+                pool, self._pool = self._pool, None
+                raise crashed(f"computing {desc}", pool) from exc
         return out
