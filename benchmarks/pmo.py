@@ -78,11 +78,15 @@ def _top_mean(scores: list[float], k: int) -> float:
 
 
 def call_scores(log) -> tuple[list[str], list[float], int]:
-    """SMILES and scores of the charged (oracle-scored) molecules of an optimization log, in call order;
-    a non-finite score counts as 0 (``mol_opt`` scores what it cannot score 0). Also their number."""
-    charged = log[log["charged"].astype(bool)]
-    smiles = charged["smiles"].astype(str).tolist()
-    raw = charged["score"].astype(float).tolist()
+    """SMILES and scores of the oracle-scored molecules of an optimization log (this version's or an older
+    one), in call order; a non-finite score counts as 0 (``mol_opt`` scores what it cannot score 0). Also
+    their number."""
+    from molvae.optimize.oracle import standard_log
+
+    log = standard_log(log)
+    called = log[log["oracle_call"]]
+    smiles = called["smiles"].astype(str).tolist()
+    raw = called["score"].astype(float).tolist()
     scores = [v if math.isfinite(v) else 0.0 for v in raw]
     return smiles, scores, sum(1 for v in raw if not math.isfinite(v))
 

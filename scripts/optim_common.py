@@ -267,7 +267,7 @@ def run_top3(objectives: tuple[str, ...], default_budget: int, published: dict[s
                        settings={**(args.settings or {}), "patience": args.patience})
         top = res.top.head(3)
         log = res.log
-        init_best = log[log["method"].str.endswith("-init") & log["charged"]]["score"].max()
+        init_best = log[log["method"].str.endswith("-init") & log["oracle_call"]]["score"].max()
         results.append({"method": method, "budget": args.budget, "n_calls": res.n_calls,
                         "elapsed_s": round(res.elapsed_s, 1), "stop_reason": res.stop_reason,
                         "top3_scores": [round(float(v), 4) for v in top["score"]],

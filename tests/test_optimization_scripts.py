@@ -60,7 +60,7 @@ def test_optimize_qed_known_design(mini_zinc, tiny_model, tmp_path):
     log = pd.read_csv(res["log"], keep_default_na=False)
     given = set(log[log["status"] == "known"]["smiles"])
     assert not given & set(res["top3_smiles"])
-    assert int(log["charged"].astype(str).eq("True").sum()) == res["n_calls"]
+    assert int(log["oracle_call"].astype(str).eq("True").sum()) == res["n_calls"]
     assert len(res["top3_in_zinc250k"]) == len(res["top3_smiles"]) == len(res["top3_heavy_atoms"])
     assert all(n <= 38 for n in res["top3_heavy_atoms"])
     assert "JT-VAE" in r.stdout and "not in ZINC250k" in r.stdout

@@ -52,7 +52,7 @@ def _heavy(smiles: str) -> int:
 def _check_log(res, budget):
     log = res.log
     assert res.n_calls <= budget
-    assert int(log["charged"].sum()) == res.n_calls
+    assert int(log["oracle_call"].sum()) == res.n_calls
     assert log["smiles"].is_unique  # each molecule logged (and charged) once
     assert set(log.columns) >= {"step", "smiles", "score", "method"}
 
@@ -70,6 +70,24 @@ def test_oracle_budget_cache_and_guards():
     assert statuses["C" * 40].startswith("guard:")
     with pytest.raises(InvalidInputError):
         Oracle(parse_objective("qed"), budget=0)
+
+
+def test_the_log_names_oracle_calls_and_reads_older_logs(tmp_path):
+    """``oracle_call`` says what the old ``charged`` meant (a chemist read it as "ionic"); old logs still read."""
+    from molvae.optimize.oracle import read_log
+
+    path = tmp_path / "log.csv"
+    oracle = Oracle(parse_objective("qed"), budget=2, method="t", log_path=path)
+    oracle(["CCO", "CCO", "C" * 40, "CCN"])
+    oracle.close()
+    log = read_log(path)
+    assert "charged" not in log.columns and log["oracle_call"].dtype == bool
+    calls = dict(zip(log["smiles"], log["oracle_call"]))
+    assert calls == {"CCO": True, "CCN": True, "C" * 40: False} and log["oracle_call"].sum() == oracle.n_calls
+    old = tmp_path / "old.csv"
+    old.write_text("step,smiles,score,method,similarity,charged,status\n0,CCO,0.4,bo,,True,ok\n0,CCC,,bo,,False,guard:x\n")
+    log = read_log(old)
+    assert log["oracle_call"].tolist() == [True, False] and "charged" not in log.columns
 
 
 def test_oracle_similarity_floor():
@@ -91,7 +109,7 @@ def test_oracle_known_molecules_are_free_and_not_results():
     assert set(oracle.scored(include_known=True)["smiles"]) == {"CCO", "c1ccccc1O", "CCN"}
     assert oracle.best_smiles == "CCN"                  # best *found*, not best given
     log = oracle.log()
-    assert not log[log["status"] == "known"]["charged"].any()
+    assert not log[log["status"] == "known"]["oracle_call"].any()
     with pytest.raises(InvalidInputError, match="2 known molecules but 1 scores"):
         oracle.add_known(["CC", "CCC"], [1.0])
 
@@ -107,7 +125,7 @@ def test_optimizer_improves_within_budget(tiny_model, small_csv, method, setting
     res = optimize(tiny_model, "logp", method=method, budget=budget, seed=0, init_smiles=init,
                    guards=Guards(max_heavy_atoms=None), settings=settings)
     _check_log(res, budget)
-    log = res.log[res.log["charged"]]
+    log = res.log[res.log["oracle_call"]]
     init_scores = log[log["method"].str.endswith("-init")]["score"]
     search_scores = log[~log["method"].str.endswith("-init")]["score"]
     assert len(init_scores) == settings["n_init"] and len(search_scores) >= 1
@@ -126,14 +144,14 @@ def test_known_scores_start_the_search_for_free(tiny_model, small_csv, method, s
     _check_log(res, budget)
     log = res.log
     known = log[log["status"] == "known"]
-    assert 0 < len(known) <= 10 and not known["charged"].any()
+    assert 0 < len(known) <= 10 and not known["oracle_call"].any()
     # The design holds the best labelled molecule, with its given score.
     best = int(np.nanargmax(scores))
     assert smiles[best] in set(known["smiles"])
     assert float(known.set_index("smiles").loc[smiles[best], "score"]) == pytest.approx(scores[best])
     # Every oracle call went to the search; no known molecule is reported as found.
     assert res.n_calls >= 1 and not set(res.top["smiles"]) & set(known["smiles"])
-    assert (log[log["charged"]]["method"] == method).all()
+    assert (log[log["oracle_call"]]["method"] == method).all()
 
 
 def test_bo_local_gp_points_are_the_nearest_to_the_centre():
@@ -200,7 +218,7 @@ def test_search_ends_when_nothing_above_the_floor_can_be_scored(tiny_model, star
     assert res.stop_reason.startswith(f"no new scored molecule in 2 {unit}")
     log = res.log
     under = log[log["status"].astype(str).str.contains("similarity")]
-    assert len(under) > 0 and not under["charged"].any()   # decoded, logged, never charged
+    assert len(under) > 0 and not under["oracle_call"].any()   # decoded, logged, never charged
     assert res.n_calls < 50
 
 
@@ -295,7 +313,7 @@ def test_optimize_cli(tiny_model, tmp_path):
     assert r.exit_code == 0, r.output
     assert "rank,smiles,score" in r.output
     table = pd.read_csv(log)
-    assert table["charged"].sum() <= 8 and list(table.columns)[:4] == ["step", "smiles", "score", "method"]
+    assert table["oracle_call"].sum() <= 8 and list(table.columns)[:4] == ["step", "smiles", "score", "method"]
     data = json.loads(summary.read_text())
     assert data["n_calls"] <= 8 and data["method"] == "bo" and len(data["top"]) <= 3
     # Weighted retraining from the command line: recorded in the settings; the model file is untouched.
@@ -324,7 +342,7 @@ def test_optimize_cli_known_scores(tiny_model, small_csv, tmp_path):
     table = pd.read_csv(log)
     known = table[table["status"] == "known"]
     assert len(known) == 8 and smiles[-1] in set(known["smiles"])   # the best-labelled molecule is in the design
-    assert table["charged"].sum() <= 6
+    assert table["oracle_call"].sum() <= 6
     r = runner.invoke(main, base + ["--init-scores", "pIC50"])
     assert r.exit_code == 2 and "no column 'pIC50'" in r.output and "activity" in r.output
     # Rows that cannot be used are reported with their row numbers, not dropped silently; a molecule

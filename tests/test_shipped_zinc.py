@@ -72,7 +72,7 @@ def test_bo_on_qed_learns_to_propose_better_molecules_than_its_initial_design(mo
     gains = []
     for seed in range(3):
         res = optimize(model, "qed", method="bo", budget=300, seed=seed)
-        log = res.log[res.log["charged"].astype(bool)]
+        log = res.log[res.log["oracle_call"].astype(bool)]
         assert len(log) == 300
         init = log[log["method"] == "bo-init"]["score"].fillna(0.0)
         searched = log[log["method"] != "bo-init"]["score"].fillna(0.0)

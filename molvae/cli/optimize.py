@@ -69,7 +69,7 @@ def _optional_limit(ctx, param, value):
 @click.option("--budget", type=int, default=1000, show_default=True, callback=positive_int,
               help="Oracle budget: distinct molecules scored (never exceeded).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
-              help="CSV log of every molecule seen: step, smiles, score, method, similarity, charged, status.")
+              help="CSV log of every molecule seen: step, smiles, score, method, similarity, oracle_call, status.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write a JSON summary here.")
 @click.option("--top", "top_k", type=int, default=10, show_default=True, callback=positive_int,
               help="Molecules printed at the end.")

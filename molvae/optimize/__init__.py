@@ -62,7 +62,7 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
             design; without them the initial design is decoded prior samples.
         guards: limits on scored molecules (default: at most 38 heavy atoms); ignored when
             ``objective`` is already an :class:`Objective`.
-        log_path: CSV written as the search goes (``step, smiles, score, method, similarity, charged, status``).
+        log_path: CSV written as the search goes (``step, smiles, score, method, similarity, oracle_call, status``).
         top_k: rows of :attr:`OptimizationResult.top`.
         progress: a progress bar with the best score so far on stderr.
         settings: method settings (:class:`GradientSettings` / :class:`BOSettings` or a dict of their fields).

@@ -128,7 +128,7 @@ class OptimizationResult:
     Attributes:
         top: the best distinct molecules found (``smiles, score, step, similarity``), best first;
             in constrained mode only molecules at or above the similarity floor, start excluded.
-        log: every molecule seen (``step, smiles, score, method, similarity, charged, status``).
+        log: every molecule seen (``step, smiles, score, method, similarity, oracle_call, status``).
         n_calls: oracle calls spent (distinct molecules scored), never more than ``budget``.
         start_smiles, start_score: the start molecule and its score (constrained mode).
         improvement: best score − start score (constrained mode; 0 when nothing better was found).

@@ -28,9 +28,26 @@ from .. import chem
 from ..errors import InvalidInputError
 from ..objectives import Objective
 
-__all__ = ["Oracle", "LOG_COLUMNS"]
+__all__ = ["Oracle", "LOG_COLUMNS", "read_log", "standard_log"]
 
-LOG_COLUMNS = ["step", "smiles", "score", "method", "similarity", "charged", "status"]
+#: ``oracle_call``: whether the row cost an oracle call (counted against the budget)
+LOG_COLUMNS = ["step", "smiles", "score", "method", "similarity", "oracle_call", "status"]
+#: names older logs used for today's columns
+OLD_LOG_COLUMNS = {"charged": "oracle_call"}
+
+
+def standard_log(log: pd.DataFrame) -> pd.DataFrame:
+    """An optimization log with today's column names (an older log's ``charged`` is ``oracle_call``) and
+    ``oracle_call`` as booleans (a CSV read back holds them as text)."""
+    log = log.rename(columns={k: v for k, v in OLD_LOG_COLUMNS.items() if k in log.columns and v not in log.columns})
+    if "oracle_call" in log.columns and log["oracle_call"].dtype != bool:
+        log = log.assign(oracle_call=log["oracle_call"].astype(str).str.strip().str.lower().isin(("true", "1")))
+    return log
+
+
+def read_log(path: str | Path) -> pd.DataFrame:
+    """An optimization log written by ``--out``/``log_path``, this version's or an older one."""
+    return standard_log(pd.read_csv(path, keep_default_na=False, na_values=[""]))
 
 
 @dataclass
@@ -51,7 +68,7 @@ class Oracle:
         min_similarity: in constrained mode, molecules with Tanimoto (Morgan r=2, 2048 bits)
             below this to ``start`` are rejected unscored.
         log_path: CSV file written row by row (``step, smiles, score, method, similarity,
-            charged, status``); ``None`` keeps the log in memory only.
+            oracle_call, status``); ``None`` keeps the log in memory only.
         progress: a tqdm bar (total = budget) to advance, or ``None``.
     """
 
@@ -180,12 +197,12 @@ class Oracle:
             self._log_file.flush()
         return out
 
-    def _record(self, step: int, smiles: str, score: float, method: str, sim: float, charged: bool,
+    def _record(self, step: int, smiles: str, score: float, method: str, sim: float, oracle_call: bool,
                 status: str) -> None:
         self.cache[smiles] = _Entry(score, status, sim)
         known = status == "known"
         row = {"step": step, "smiles": smiles, "score": score, "method": method, "similarity": sim,
-               "charged": charged, "status": status}
+               "oracle_call": oracle_call, "status": status}
         self.rows.append(row)
         if self._writer is not None:
             self._writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
@@ -193,14 +210,14 @@ class Oracle:
                 and (smiles != self.start or self.best_smiles is None)):
             self.best_score, self.best_smiles = score, smiles
         if self.progress is not None:
-            if charged:
+            if oracle_call:
                 self.progress.update(1)
             if math.isfinite(self.best_score):
                 self.progress.set_postfix_str(f"best {self.best_score:.3f}", refresh=False)
 
     # ------------------------------------------------------------------ results
     def log(self) -> pd.DataFrame:
-        """Every molecule seen, in order: ``step, smiles, score, method, similarity, charged, status``."""
+        """Every molecule seen, in order: ``step, smiles, score, method, similarity, oracle_call, status``."""
         return pd.DataFrame(self.rows, columns=LOG_COLUMNS)
 
     def scored(self, exclude_start: bool = True, include_known: bool = False) -> pd.DataFrame:
