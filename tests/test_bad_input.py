@@ -455,3 +455,20 @@ def test_a_validation_share_that_leaves_few_to_train_on_is_warned_about(tmp_path
     finally:
         logger.removeHandler(caplog.handler)
     assert any("leaves 1 of 8 molecules to train on" in r.getMessage() for r in caplog.records), caplog.records
+
+
+def test_a_huge_batch_size_is_capped_and_said(tmp_path, tiny_run):
+    """``--batch-size 1000000000`` once held 7 GB and ignored SIGTERM for minutes: the batch is capped (on the
+    CPU at MolVAE.CPU_BATCH_CAP), stderr says so, and the molecules are those of the capped batch size."""
+    from molvae import MolVAE
+
+    cap = MolVAE.CPU_BATCH_CAP
+    big, capped = tmp_path / "big.csv", tmp_path / "at_cap.csv"
+    res = cli("generate", "--n", cap + 50, "--model", tiny_run.run_dir, "--seed", "3", "--batch-size", "1000000000",
+              "--device", "cpu", "--out", big, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert f"--batch-size 1000000000 capped at {cap} on cpu" in res.output
+    res = cli("generate", "--n", cap + 50, "--model", tiny_run.run_dir, "--seed", "3", "--batch-size", cap,
+              "--device", "cpu", "--out", capped, "--no-progress")
+    assert res.exit_code == 0 and "capped at" not in res.output
+    assert big.read_text() == capped.read_text() and len(pd.read_csv(big)) == cap + 50

@@ -78,6 +78,12 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
         raise click.BadParameter(f"must be >= 0, got {n_jobs}", param_hint="--n-jobs")
     refuse_same_file(out, novel_vs)
     model = load_model(model_spec, device)
+    cap = model.batch_cap()
+    if min(batch_size, n) > cap:
+        click.echo(f"--batch-size {batch_size} capped at {cap} on {model.device.type}: a batch is decoded in one piece, "
+                   "so a larger one only costs memory and delays a stop (the molecules depend on the batch size)",
+                   err=True)
+        batch_size = cap
     prior_name = model.resolve_prior(prior)
     click.echo(f"prior: {prior_name} ({model.describe_prior(prior_name)})", err=True)
     exclude = reference_set(novel_vs) if novel_vs else None
