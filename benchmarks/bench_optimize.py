@@ -85,6 +85,8 @@ def run(model, method: str, budget: int, seed: int, every: int) -> dict:
     t0 = time.perf_counter()
     name, settings = METHODS[method]
     res = optimize(model, objective, method=name, budget=budget, seed=seed, settings=dict(settings))
+    if res.stop_signal:  # stopped by Ctrl-C/SIGTERM: a partial run is no timing
+        raise SystemExit(128 + res.stop_signal)
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
     rows = checkpoints(objective.marks, t0, every, budget)

@@ -134,6 +134,8 @@ def run(args) -> dict:
     method, settings = METHODS[args.method]
     res = optimize(model, objective, method=method, budget=args.budget, seed=args.seed, init_smiles=init,
                    settings={**settings, **(args.settings or {})}, top_k=100)
+    if res.stop_signal:  # stopped by Ctrl-C/SIGTERM: a partial run is no result
+        raise SystemExit(128 + res.stop_signal)
     wall = time.perf_counter() - t0
     smiles, scores, nonfinite = call_scores(res.log)
     import guacamol

@@ -8,6 +8,7 @@ one-line error.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
@@ -21,7 +22,7 @@ from typing import Any
 
 from .errors import WorkerCrashed
 
-__all__ = ["available_cpus", "resolve_jobs", "start_worker", "process_pool", "pool_in", "ordered_map", "crashed"]
+__all__ = ["available_cpus", "resolve_jobs", "start_worker", "stop_on_signals", "process_pool", "pool_in", "ordered_map", "crashed"]
 
 log = logging.getLogger(__name__)
 _warned: set[int] = set()
@@ -74,6 +75,32 @@ def start_worker(parent: int | None = None) -> None:
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+@contextlib.contextmanager
+def stop_on_signals(on_stop: Callable[[int], None]) -> Iterator[None]:
+    """Inside the block the first SIGINT or SIGTERM calls ``on_stop(signum)`` (the loop then ends at its next
+    safe point, its output whole) and a second one raises KeyboardInterrupt at once. Outside the main
+    thread (where Python delivers no signals) it does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def handler(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+        on_stop(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def process_pool(n_jobs: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()

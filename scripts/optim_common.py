@@ -265,6 +265,8 @@ def run_top3(objectives: tuple[str, ...], default_budget: int, published: dict[s
         res = optimize(model, args.objective, method=method, budget=args.budget, seed=args.seed, init_smiles=init,
                        init_scores=init_scores, guards=guards, log_path=log_path, progress=args.progress, top_k=3,
                        settings={**(args.settings or {}), "patience": args.patience})
+        if res.stop_signal:  # stopped by Ctrl-C/SIGTERM: the log is kept, a partial run is no result
+            raise SystemExit(128 + res.stop_signal)
         top = res.top.head(3)
         log = res.log
         init_best = log[log["method"].str.endswith("-init") & log["oracle_call"]]["score"].max()

@@ -4,6 +4,7 @@ non-finite steps are skipped, counted and eventually stop the run with its last 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -340,6 +341,40 @@ def test_workers_die_with_a_killed_parent(tmp_path, tiny_run):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_optimization_keeps_its_log_and_summary(tmp_path, tiny_run, sig, code):
+    """Every oracle call (for a real oracle a docking run or an assay) is kept when a scheduler stops the
+    search: the log and the JSON are complete and agree, and the exit code says which signal it was."""
+    log, summary = tmp_path / "log.csv", tmp_path / "s.json"
+    env = _env()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(_cli("optimize", "--model", str(tiny_run.run_dir / "model.pt"), "--objective", "qed",
+                                 "--method", "gradient", "--budget", "100000", "--seed", "0", "--out", str(log),
+                                 "--json", str(summary), "--no-progress", "--device", "cpu"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.monotonic()
+    while not ((part := _partial_output(log)) and part.stat().st_size > 3_000):
+        if proc.poll() is not None:
+            raise AssertionError(f"optimize ended early (rc {proc.returncode}): {proc.communicate()[1]}")
+        assert time.monotonic() - t0 < 240, "no log rows within 240 s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    name = signal.Signals(sig).name
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and f"stopped by {name} after" in errors[0] and "hold everything scored" in errors[0], err
+    from molvae.optimize.oracle import read_log
+
+    table = read_log(log)
+    record = json.loads(summary.read_text())
+    assert record["stop_reason"] == f"stopped by {name}"
+    assert record["n_calls"] == int(table["oracle_call"].sum()) > 0
+    assert not list(tmp_path.glob(".log.*"))  # the temporary log became log.csv
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,22 +86,15 @@ def load_model(spec: str | None, device: str = "auto", announce: bool = True, de
 def stop_on_interrupt() -> Iterator[dict[str, Any]]:
     """Turn the first Ctrl-C/SIGTERM into ``flag["stop"] = True`` (and ``flag["signal"]`` its number) for a
     loop to check between batches, so output is never cut mid-row; a second one interrupts at once."""
-    flag: dict[str, Any] = {"stop": False, "signal": 0}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
+    from ..workers import stop_on_signals
 
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
+    flag: dict[str, Any] = {"stop": False, "signal": 0}
+
+    def stop(signum: int) -> None:
         flag["stop"], flag["signal"] = True, signum
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_on_signals(stop):
         yield flag
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def positive_int(ctx, param, value):

@@ -168,6 +168,11 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
                    progress=progress_wanted(progress),
                    settings=settings)
     _report_result(res, min_similarity=min_similarity, out=out, json_out=json_out, grid=grid)
+    if res.stop_signal:  # 130 after Ctrl-C, 143 after SIGTERM: a scheduler can tell a stop from a failure
+        kept = " and ".join(p for p in (out, json_out) if p)
+        click.echo(f"Error: {res.stop_reason} after {res.n_calls} of {budget} oracle calls"
+                   + (f"; {kept} hold everything scored" if kept else ""), err=True)
+        sys.exit(128 + res.stop_signal)
 
 
 def _report_result(res, *, min_similarity, out, json_out, grid) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ import torch
 from .. import chem
 from ..errors import InvalidInputError
 from ..objectives import Guards, Objective, parse_objective
+from ..workers import stop_on_signals
 from .base import BOSettings, GradientSettings, OptimizationResult, settings_from_dict
 from .head import predict_properties
 from .oracle import Oracle
@@ -89,6 +91,12 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
     oracle = Oracle(obj, budget, method=method, start=canon_start, min_similarity=min_similarity,
                     log_path=log_path, progress=bar)
     t0 = time.perf_counter()
+    caught: list[int] = []
+
+    def stop(signum: int) -> None:  # a scheduler's SIGTERM or Ctrl-C: finish the batch, keep everything
+        caught.append(signum)
+        oracle.stop(f"stopped by {signal.Signals(signum).name}")
+
     try:
         start_score = None
         if canon_start is not None:
@@ -96,17 +104,17 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
             if not math.isfinite(start_score):
                 reason = oracle.cache[canon_start].status
                 raise InvalidInputError(f"start molecule {canon_start} cannot be scored ({reason})")
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), stop_on_signals(stop):
             torch.manual_seed(seed_value)
             if method == "gradient":
                 from .gradient import run_gradient
 
-                stop = run_gradient(model, oracle, obj, settings, rng=rng, seed=seed_value, start=canon_start,
+                reason = run_gradient(model, oracle, obj, settings, rng=rng, seed=seed_value, start=canon_start,
                                     init_smiles=init, known=known)
             else:
                 from .bo import run_bo
 
-                stop = run_bo(model, oracle, obj, settings, rng=rng, seed=seed_value, start=canon_start,
+                reason = run_bo(model, oracle, obj, settings, rng=rng, seed=seed_value, start=canon_start,
                               init_smiles=init, known=known)
     finally:
         bar.close()
@@ -117,8 +125,8 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
     return OptimizationResult(
         method=method, objective=obj.name, budget=budget, n_calls=oracle.n_calls, seed=seed, top=top,
         log=oracle.log(), elapsed_s=time.perf_counter() - t0, start_smiles=canon_start, start_score=start_score,
-        min_similarity=min_similarity, settings=dataclasses.asdict(settings), stop_reason=stop,
-        objective_s=oracle.objective_s)
+        min_similarity=min_similarity, settings=dataclasses.asdict(settings), stop_reason=oracle.stopped or reason,
+        objective_s=oracle.objective_s, stop_signal=caught[0] if caught else 0)
 
 
 def _check_options(method: str, objective: str | Objective, budget: int, start: str | None,

@@ -150,6 +150,7 @@ class OptimizationResult:
     settings: dict[str, Any] = field(default_factory=dict)
     stop_reason: str = ""
     objective_s: float = 0.0
+    stop_signal: int = 0          # the signal (SIGINT, SIGTERM) that ended the search early, else 0
 
     @property
     def best_smiles(self) -> str | None:

@@ -92,6 +92,7 @@ class Oracle:
         self.objective_s = 0.0      # seconds spent inside the objective (the rest of a search is overhead)
         self.best_score = -math.inf
         self.best_smiles: str | None = None
+        self.stopped: str | None = None   # why the search was stopped early (a signal), see stop()
         self.progress = progress
         self.t0 = time.perf_counter()
         self._log_file = None
@@ -116,7 +117,12 @@ class Oracle:
 
     @property
     def exhausted(self) -> bool:
-        return self.n_calls >= self.budget
+        """The budget is spent, or the search was asked to stop (:meth:`stop`)."""
+        return self.n_calls >= self.budget or self.stopped is not None
+
+    def stop(self, reason: str) -> None:
+        """End the search after the oracle batch in progress: later calls score nothing new."""
+        self.stopped = reason
 
     def similarity(self, smiles: str) -> float:
         """Tanimoto to the start molecule (NaN without one or for an invalid SMILES)."""
@@ -167,7 +173,7 @@ class Oracle:
         method = method or self.method
         fresh: list[str] = []
         for s in smiles:
-            if s and s not in self.cache and s not in fresh:
+            if s and s not in self.cache and s not in fresh and self.stopped is None:
                 fresh.append(s)
         to_score: list[str] = []
         for s in fresh:
