@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..core import MolVAE
 from ..diagnostics import active_units, autocast, greedy_reconstruction_rate, latent_means, selection_loss
 from ..distributed import DistContext
 from ..errors import CheckpointError, MolvaeError
+from ..workers import stop_on_signals
 from .inputs import TrainingData
 from .parallel import evaluate_distributed, open_seen_log, shard_batches
 from .run_folder import plot_curves, point_latest, write_history
@@ -51,30 +51,19 @@ class TrainingDiverged(MolvaeError):
 
 class _StopFlag:
     """Set by the first Ctrl-C/SIGTERM: the loop saves a checkpoint after the current step and stops.
-    A second signal raises KeyboardInterrupt at once."""
+    A second signal raises KeyboardInterrupt at once (:func:`molvae.workers.stop_on_signals`)."""
 
     def __init__(self) -> None:
         self.flag = False
 
-    def _handler(self, signum, frame) -> None:
-        if self.flag:
-            raise KeyboardInterrupt
+    def _stop(self, signum: int) -> None:
         self.flag = True
         log.warning("interrupt received: saving a checkpoint after this step")
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_StopFlag]:
-        import threading
-
-        old = {}
-        if threading.current_thread() is threading.main_thread():  # signals are for the main thread only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, self._handler)
-        try:
+        with stop_on_signals(self._stop):
             yield self
-        finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
 
 
 def _all_finite(net: torch.nn.Module) -> bool:
