@@ -120,16 +120,22 @@ def _base(name: str):
     return _BASES[name]
 
 
-def run_pair(task: dict[str, Any]) -> dict[str, Any]:
-    """One core and seed: every variant's figures (a worker of ``--jobs``)."""
+def _open_series(task: dict[str, Any]) -> tuple:
+    """A worker's start on one series: its threads, and the fine-tune set written where training reads it."""
     import torch
 
     if task["threads"]:
         torch.set_num_threads(task["threads"])
-    name, smarts, seed, n_samples = task["name"], task["smarts"], task["seed"], task["n_samples"]
-    finetune, heldout, folder = task["finetune"], task["heldout"], Path(task["folder"])
-    series_file = folder / f"{name}_{seed}.csv"
-    pd.DataFrame({"smiles": finetune}).to_csv(series_file, index=False)
+    folder = Path(task["folder"])
+    series_file = folder / f"{task['name']}_{task['seed']}.csv"
+    pd.DataFrame({"smiles": task["finetune"]}).to_csv(series_file, index=False)
+    return (task["name"], task["smarts"], task["seed"], task["n_samples"], task["finetune"], task["heldout"],
+            folder, series_file)
+
+
+def run_pair(task: dict[str, Any]) -> dict[str, Any]:
+    """One core and seed: every variant's figures (a worker of ``--jobs``)."""
+    name, smarts, seed, n_samples, finetune, heldout, folder, series_file = _open_series(task)
     samples: dict[str, tuple[list[str], float | None]] = {}
     samples["shipped"] = (_base(task["base"]).sample(n_samples, seed=seed)["smiles"].tolist(), None)
     model, wall = train_variant(series_file, folder / f"{name}_{seed}_scratch", seed, None, task["scratch_epochs"])
@@ -161,16 +167,9 @@ SWEEP_COMPONENTS = (1, 32, 100)
 def run_setting(task: dict[str, Any]) -> dict[str, Any]:
     """One fine-tuning setting of ``--sweep`` on one series: figures of the model's default sampling (and,
     for the defaults, of priors refitted with other numbers of components)."""
-    import torch
-
     from molvae.sample import fit_prior
 
-    if task["threads"]:
-        torch.set_num_threads(task["threads"])
-    name, smarts, seed, n = task["name"], task["smarts"], task["seed"], task["n_samples"]
-    finetune, heldout, folder = task["finetune"], task["heldout"], Path(task["folder"])
-    series_file = folder / f"{name}_{seed}.csv"
-    pd.DataFrame({"smiles": finetune}).to_csv(series_file, index=False)
+    name, smarts, seed, n, finetune, heldout, folder, series_file = _open_series(task)
     label = task["setting"]
     model, wall = train_variant(series_file, folder / f"{name}_{seed}_sweep{list(SWEEP).index(label)}", seed,
                                 task["base"], None, SWEEP[label])
