@@ -474,11 +474,14 @@ LATENT_SUFFIXES = (".npy", ".csv", ".parquet")
 UNIQUE_DRAWS_FACTOR = 50
 
 
-def reference_set(path: str | os.PathLike) -> set[str]:
-    """Canonical SMILES of the molecules in a file (for ``exclude`` of :func:`sample_molecules`)."""
+def reference_set(path: str | os.PathLike, *, keep_largest_fragment: bool = True) -> set[str]:
+    """Canonical SMILES of the molecules in a file (for ``exclude`` of :func:`sample_molecules`), each read as
+    training reads it: with ``keep_largest_fragment`` (training's default) a salt ``CC(=O)[O-].[Na+]`` is
+    ``CC(=O)[O-]``, the molecule a model trained on it writes."""
     from .data import read_molecules
 
-    return {c for c in (chem.canonicalize(s) for s in read_molecules(path)["input"]) if c}
+    return {c for c in (chem.canonicalize(s, keep_largest_fragment=keep_largest_fragment)
+                        for s in read_molecules(path)["input"]) if c}
 
 
 def sample_molecules(model: MolVAE, n: int, *, temperature: float = 1.0, greedy: bool = False,

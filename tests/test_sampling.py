@@ -130,3 +130,13 @@ def test_sample_molecules_unique_and_novel_is_what_generate_writes(tiny_run, tin
                                     "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert out.read_text().splitlines()[1:] == [f"{s},{sel},{v}" for s, sel, v in rows]
+
+
+def test_the_novelty_reference_is_read_as_training_reads_it(tmp_path):
+    """A salt in the training file is the molecule the model writes: ``CC(=O)[O-].[Na+]`` excludes ``CC(=O)[O-]``."""
+    from molvae.sample import reference_set
+
+    ref = tmp_path / "train.smi"
+    ref.write_text("CC(=O)[O-].[Na+]\nc1ccccc1O\n")
+    assert reference_set(ref) == {"CC(=O)[O-]", "Oc1ccccc1"}
+    assert "CC(=O)[O-].[Na+]" in reference_set(ref, keep_largest_fragment=False)
