@@ -158,6 +158,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     "lr 3e-4": {"learning_rate": 3e-4},
     "lr 1e-3": {"learning_rate": 1e-3},
     "60 epochs": {"epochs": 60},
+    "200 epochs": {"epochs": 200},
     "best validation epoch kept": {"keep": "best"},
 }
 #: ``--sweep``: mixture components of the refitted prior, tried on the default fine-tuned model
