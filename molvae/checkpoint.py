@@ -9,6 +9,7 @@ in the same folder is written, fsynced and renamed over the target.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import re
@@ -23,7 +24,9 @@ from ._version import __version__, versions  # versions stays importable from he
 from .errors import CheckpointError
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "versions", "atomic_write",
-           "atomic_output", "atomic_path"]
+           "atomic_output", "atomic_path", "FileLock"]
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "molvae-model"
 FORMAT_VERSION = 1
@@ -200,3 +203,66 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if key not in data:
             raise CheckpointError(f"{path}: model file lacks {key!r}")
     return data
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path`` (a small file holding the holder's pid), so two processes never
+    write one thing (a run folder, an optimization log). The kernel releases it when the process dies, so
+    a killed job leaves no stale lock; the file is removed on :meth:`release`.
+
+    Args:
+        path: the lock file.
+        what: ``(where, what)`` is locked, for the warning on a file system without locks
+            (``(run, "the run folder")``).
+        busy: the error when another process holds it; ``{holder}`` becomes `` (pid N)`` where known.
+        error: the exception class raised with ``busy``.
+    """
+
+    def __init__(self, path: Path, *, what: tuple[Any, str], busy: str, error: type[Exception] = CheckpointError
+                 ) -> None:
+        self.path = Path(path)
+        self.what, self.busy, self.error = what, busy, error
+        self._fh = None
+
+    def acquire(self) -> FileLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks; best effort
+            return self
+        while True:
+            fh = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                fh.seek(0)
+                holder = fh.read().strip()
+                fh.close()
+                raise self.error(self.busy.format(holder=f" (pid {holder})" if holder else "")) from exc
+            except OSError as exc:  # a file system without locks (some network mounts): go on unlocked
+                fh.close()
+                log.warning("%s: cannot lock %s on this file system (%s); make sure no other molvae process "
+                            "writes it", self.what[0], self.what[1], exc.strerror or exc)
+                return self
+            try:  # the holder before us may have unlinked the file we opened: lock the one on disk
+                same = os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            fh.close()
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        self._fh.close()
+        self._fh = None

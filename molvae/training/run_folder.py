@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..checkpoint import atomic_write
+from ..checkpoint import FileLock, atomic_write
 from ..core import LATEST_POINTER
 from ..errors import RunFolderError
 
@@ -31,59 +31,15 @@ RUN_FILES = ("model.pt", "checkpoint.pt", "config.json", "history.csv", "rejecte
 LOCK_FILE = ".molvae.lock"
 
 
-class RunLock:
+class RunLock(FileLock):
     """An exclusive lock on a run folder (``flock`` on ``.molvae.lock``), so two processes never write
     one run. The kernel releases it when the process dies, so a killed run leaves no stale lock."""
 
     def __init__(self, run: Path) -> None:
         self.run = run
-        self.path = run / LOCK_FILE
-        self._fh = None
-
-    def acquire(self) -> RunLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no advisory locks; best effort
-            return self
-        while True:
-            fh = open(self.path, "a+", encoding="utf-8")
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                fh.seek(0)
-                holder = fh.read().strip()
-                fh.close()
-                raise RunFolderError(
-                    f"{self.run}: another molvae process{f' (pid {holder})' if holder else ''} is writing this run "
-                    "folder; wait for it to finish or train into another --out") from exc
-            except OSError as exc:  # a file system without locks (some network mounts): go on unlocked
-                fh.close()
-                log.warning("%s: cannot lock the run folder on this file system (%s); make sure no other "
-                            "molvae process writes it", self.run, exc.strerror or exc)
-                return self
-            try:  # the holder before us may have unlinked the file we opened: lock the one on disk
-                same = os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            fh.close()
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        if self._fh is None:
-            return
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
-        self._fh.close()
-        self._fh = None
+        super().__init__(run / LOCK_FILE, what=(run, "the run folder"),
+                         busy=f"{run}: another molvae process{{holder}} is writing this run folder; wait for it "
+                              "to finish or train into another --out", error=RunFolderError)
 
 
 def run_contents(run: Path) -> list[str]:
