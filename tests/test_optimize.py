@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from molvae.data import prepare, read_molecules
 from molvae.errors import InvalidInputError
 from molvae.objectives import Guards, parse_objective
 from molvae.optimize import Oracle, optimize
+from molvae.optimize.oracle import read_log
 
 pytest.importorskip("botorch")
 
@@ -514,3 +516,56 @@ def test_retrain_settings_checked():
     with pytest.raises(InvalidInputError, match="retrain_steps must be >= 1"):
         BOSettings(retrain_steps=0)
     assert BOSettings.from_dict({"retrain_every": 500}).retrain_every == 500
+
+
+def test_a_resumed_search_spends_only_the_budget_left(small_csv, tmp_path):
+    """``resume``: the logged molecules are never scored again, their calls count against the budget, the new
+    log holds the old rows first and continues their steps; the best found so far stays a result. (The shipped
+    small model: the tiny one decodes too few distinct molecules to fill a budget.)"""
+    model = MolVAE.load("moses-small")
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    run = {"method": "bo", "settings": BO}
+    a = optimize(model, "qed", budget=12, seed=0, log_path=first, **run)
+    logged = read_log(first)
+    assert a.n_calls == int(logged["oracle_call"].sum()) == 12
+    b = optimize(model, "qed", budget=20, seed=1, log_path=second, resume=first, **run)
+    log = read_log(second)
+    assert b.n_calls == int(log["oracle_call"].sum()) == 20
+    assert log["smiles"].is_unique                                  # nothing scored twice
+    pd.testing.assert_frame_equal(log.head(len(logged)), logged)    # the old rows first, as they were
+    assert log["step"].iloc[len(logged):].min() > logged["step"].max()
+    assert b.best_score >= a.best_score
+    # A log whose budget is already spent: nothing new is scored.
+    c = optimize(model, "qed", budget=12, seed=2, resume=first, **run)
+    assert c.n_calls == 12 and c.stop_reason == "budget spent" and len(c.log) == len(logged)
+    with pytest.raises(InvalidInputError, match="not an optimization log"):
+        optimize(model, "qed", budget=5, resume=small_csv, **run)
+
+
+def test_two_searches_never_write_one_log(tiny_model, tmp_path):
+    from molvae.checkpoint import FileLock
+
+    log = tmp_path / "log.csv"
+    held = FileLock(Path(f"{log}.lock"), what=(log, "the log"), busy="held").acquire()
+    try:
+        with pytest.raises(InvalidInputError, match=r"another molvae optimize \(pid \d+\) is writing this log"):
+            optimize(tiny_model, "qed", method="gradient", budget=5, log_path=log)
+    finally:
+        held.release()
+    optimize(tiny_model, "qed", method="gradient", budget=5, log_path=log, settings={"n_init": 4, "n_starts": 2})
+    assert log.is_file() and not Path(f"{log}.lock").exists()
+
+
+def test_optimize_cli_resume(small_csv, tmp_path):
+    log = tmp_path / "log.csv"
+    base = ["optimize", "--model", "moses-small", "--objective", "qed", "--method", "bo", "--batch-size", "4",
+            "--n-init", "6", "--no-progress"]
+    r = CliRunner().invoke(main, base + ["--budget", "10", "--out", str(log)])
+    assert r.exit_code == 0, r.output
+    assert int(read_log(log)["oracle_call"].sum()) == 10
+    r = CliRunner().invoke(main, base + ["--budget", "18", "--resume", str(log)])
+    assert r.exit_code == 0, r.output
+    after = read_log(log)                                          # --out defaults to the resumed log
+    assert int(after["oracle_call"].sum()) == 18 and after["smiles"].is_unique
+    r = CliRunner().invoke(main, base + ["--budget", "18", "--resume", str(small_csv), "--out", str(tmp_path / "x.csv")])
+    assert r.exit_code == 1 and "not an optimization log" in r.output and "Traceback" not in r.output

@@ -70,6 +70,10 @@ def _optional_limit(ctx, param, value):
               help="Oracle budget: distinct molecules scored (never exceeded).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
               help="CSV log of every molecule seen: step, smiles, score, method, similarity, oracle_call, status.")
+@click.option("--resume", "resume_log", type=click.Path(dir_okay=False, exists=True), metavar="LOG",
+              help="Continue the search of LOG (an earlier --out of the same objective, e.g. one stopped by SIGTERM): "
+                   "its molecules are never scored again, its oracle calls count against --budget (the total), "
+                   "its best start the search; the log (--out, default LOG) holds the old rows and the new.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write a JSON summary here.")
 @click.option("--top", "top_k", type=int, default=10, show_default=True, callback=positive_int,
               help="Molecules printed at the end.")
@@ -109,7 +113,7 @@ def _optional_limit(ctx, param, value):
               help="Progress bar with the best score so far, on stderr [when stderr is a terminal].")
 @click.option("--grid", type=click.Path(dir_okay=False),
               help="Also draw the top molecules, with their scores, as a grid image (.png or .svg).")
-def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, seed, start, min_similarity, init_file,
+def optimize_cmd(model_spec, objective, method, budget, out, resume_log, json_out, top_k, seed, start, min_similarity, init_file,
                  init_score_column, n_init, max_heavy_atoms, max_sa, max_ring_size, min_ring_size, allow_radicals,
                  batch_size, acquisition, steps, step_size, n_starts, trust_radius, prior_weight, retrain_every,
                  device, progress, grid):
@@ -122,6 +126,7 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
       molvae optimize --objective plogp --start 'CCc1ccccc1O' --min-similarity 0.4 --budget 200
       molvae optimize --objective 'qed+0.5*similarity:CC(=O)Oc1ccccc1C(=O)O' --budget 300
       molvae optimize --objective my_scores:score --budget 300     # def score(smiles_list) -> floats
+      molvae optimize --objective qed --budget 3000 --resume qed.csv   # after a stop: the rest of 3000
 
     The top molecules are printed as CSV on stdout (rank, smiles, score[, similarity, improvement]).
     """
@@ -138,8 +143,10 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
         raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
     from .common import refuse_same_file
 
+    if resume_log and out is None:
+        out = resume_log
     refuse_same_file(out, init_file)
-    refuse_same_file(json_out, init_file, option="--json")
+    refuse_same_file(json_out, init_file, resume_log, option="--json")
     if min_similarity is not None and not 0.0 <= min_similarity <= 1.0:
         raise click.BadParameter(f"must be in [0, 1], got {min_similarity}", param_hint="--min-similarity")
     guards = Guards(max_heavy_atoms=max_heavy_atoms or None, max_sa=max_sa, max_ring_size=max_ring_size,
@@ -166,7 +173,7 @@ def optimize_cmd(model_spec, objective, method, budget, out, json_out, top_k, se
     res = optimize(model, obj, method=method, budget=budget, seed=seed, start=start, min_similarity=min_similarity,
                    init_smiles=init, init_scores=init_scores, log_path=out, top_k=top_k,
                    progress=progress_wanted(progress),
-                   settings=settings)
+                   settings=settings, resume=resume_log)
     _report_result(res, min_similarity=min_similarity, out=out, json_out=json_out, grid=grid)
     if res.stop_signal:  # 130 after Ctrl-C, 143 after SIGTERM: a scheduler can tell a stop from a failure
         kept = " and ".join(p for p in (out, json_out) if p)

@@ -48,7 +48,8 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
              init_smiles: Sequence[str] | None = None, init_scores: Sequence[float] | None = None,
              guards: Guards | None = None,
              log_path: str | Path | None = None, top_k: int = 10, progress: bool = False,
-             settings: dict[str, Any] | GradientSettings | BOSettings | None = None) -> OptimizationResult:
+             settings: dict[str, Any] | GradientSettings | BOSettings | None = None,
+             resume: str | Path | None = None) -> OptimizationResult:
     """Search ``model``'s latent space for molecules maximizing ``objective``.
 
     Args:
@@ -68,6 +69,12 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
         top_k: rows of :attr:`OptimizationResult.top`.
         progress: a progress bar with the best score so far on stderr.
         settings: method settings (:class:`GradientSettings` / :class:`BOSettings` or a dict of their fields).
+        resume: the log of an earlier run of the same objective (one stopped by a signal, or one that spent
+            a smaller budget): its molecules are known to the oracle and never scored again, the oracle calls
+            it holds count against ``budget``, its scored molecules start the search (the best first, as
+            known scores do) and the new log (``log_path``) holds its rows before the new ones.
+
+    While it runs, ``log_path`` is locked (``LOG.lock``): a second search writing the same log is refused.
 
     Raises:
         InvalidInputError: unknown method or objective, bad start molecule, similarity floor
@@ -79,6 +86,9 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
     obj, settings = _check_options(method, objective, budget, start, min_similarity, guards, settings)
     canon_start = _start_molecule(model, start) if start else None
     init, known = _initial_design(init_smiles, init_scores)
+    previous = _read_resumed(resume) if resume is not None else None
+    if previous is not None:
+        known = _with_logged(known, previous)
     seed_value = 0 if seed is None else int(seed)
     rng = np.random.default_rng(seed_value)
     if settings.retrain_every:
@@ -88,8 +98,27 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
     model.net.eval()
     bar = tqdm(total=budget, desc=f"optimize {method}", unit="call", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
-    oracle = Oracle(obj, budget, method=method, start=canon_start, min_similarity=min_similarity,
-                    log_path=log_path, progress=bar)
+    lock = None
+    if log_path is not None:
+        from ..checkpoint import FileLock
+
+        lock = FileLock(Path(f"{log_path}.lock"), what=(log_path, "the optimization log"), error=InvalidInputError,
+                        busy=f"{log_path}: another molvae optimize{{holder}} is writing this log; wait for it "
+                             "to finish or log to another --out").acquire()
+    try:
+        oracle = Oracle(obj, budget, method=method, start=canon_start, min_similarity=min_similarity,
+                        log_path=log_path, progress=bar)
+        return _search(model, obj, oracle, bar, method, budget, seed, seed_value, rng, settings, canon_start,
+                       min_similarity, init, known, top_k, previous)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _search(model, obj, oracle, bar, method, budget, seed, seed_value, rng, settings, canon_start, min_similarity,
+            init, known, top_k, previous) -> OptimizationResult:
+    """The search itself, with ``oracle`` open: returns when the budget is spent, the method gives up or a
+    signal stops it."""
     t0 = time.perf_counter()
     caught: list[int] = []
 
@@ -98,6 +127,10 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
         oracle.stop(f"stopped by {signal.Signals(signum).name}")
 
     try:
+        if previous is not None:
+            oracle.replay(previous)
+            log.info("resumed: %d molecules logged, %d oracle calls of the budget of %d", len(previous),
+                     oracle.n_calls, budget)
         start_score = None
         if canon_start is not None:
             start_score = float(oracle([canon_start], step=0, method="start")[0])
@@ -110,12 +143,12 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
                 from .gradient import run_gradient
 
                 reason = run_gradient(model, oracle, obj, settings, rng=rng, seed=seed_value, start=canon_start,
-                                    init_smiles=init, known=known)
+                                      init_smiles=init, known=known)
             else:
                 from .bo import run_bo
 
                 reason = run_bo(model, oracle, obj, settings, rng=rng, seed=seed_value, start=canon_start,
-                              init_smiles=init, known=known)
+                                init_smiles=init, known=known)
     finally:
         bar.close()
         oracle.close()
@@ -163,6 +196,34 @@ def _start_molecule(model, start: str) -> str:
                     "stereo-free" if how == "stereo" else "neutral" if how == "charge" else "stereo-free, neutral")
         return read
     return canon_start
+
+
+def _read_resumed(path: str | Path):
+    """The log a search resumes: refused when it is no optimization log."""
+    from .oracle import LOG_COLUMNS, read_log
+
+    try:
+        previous = read_log(path)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path}: cannot read the log to resume ({exc})") from exc
+    missing = [c for c in LOG_COLUMNS if c not in previous.columns]
+    if missing:
+        raise InvalidInputError(f"{path}: not an optimization log (no column {', '.join(missing)}); expected the "
+                                "--out log of an earlier molvae optimize")
+    return previous
+
+
+def _with_logged(known, previous):
+    """``known`` with the scored molecules of a resumed log added (they start the search, best first)."""
+    from .design import KnownSet
+
+    called = previous[previous["oracle_call"]]
+    scores = called["score"].astype(float).to_numpy()
+    smiles = called["smiles"].astype(str).tolist()
+    if known is not None:
+        smiles, scores = known.smiles + smiles, np.concatenate([known.scores, scores])
+    merged = KnownSet(smiles, scores)
+    return merged if len(merged) else known
 
 
 def _initial_design(init_smiles: Sequence[str] | None, init_scores: Sequence[float] | None):

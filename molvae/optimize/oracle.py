@@ -93,6 +93,7 @@ class Oracle:
         self.best_score = -math.inf
         self.best_smiles: str | None = None
         self.stopped: str | None = None   # why the search was stopped early (a signal), see stop()
+        self.step_offset = 0              # added to new rows' steps: a resumed log continues its numbering
         self.progress = progress
         self.t0 = time.perf_counter()
         self._log_file = None
@@ -162,6 +163,20 @@ class Oracle:
             self._log_file.flush()
         return out
 
+    def replay(self, previous: pd.DataFrame) -> None:
+        """Take over an earlier run's log (:func:`read_log`): its rows go into this log as they were, its
+        molecules are answered from the cache, and its oracle calls count against the budget. New rows
+        continue its step numbers."""
+        for r in previous.itertuples(index=False):
+            score = float(r.score) if str(r.score).strip() not in ("", "nan") else math.nan
+            sim = float(r.similarity) if str(r.similarity).strip() not in ("", "nan") else math.nan
+            self.n_calls += bool(r.oracle_call)
+            self._record(int(r.step), str(r.smiles), score, str(r.method), sim, bool(r.oracle_call), str(r.status))
+        if len(previous):
+            self.step_offset = int(previous["step"].max()) + 1
+        if self._log_file is not None:
+            self._log_file.flush()
+
     # ------------------------------------------------------------------ scoring
     def __call__(self, smiles: Sequence[str], step: int = 0, method: str | None = None) -> np.ndarray:
         """Scores of ``smiles`` (canonical; '' = no molecule), NaN where not scored.
@@ -205,6 +220,7 @@ class Oracle:
 
     def _record(self, step: int, smiles: str, score: float, method: str, sim: float, oracle_call: bool,
                 status: str) -> None:
+        step += self.step_offset
         self.cache[smiles] = _Entry(score, status, sim)
         known = status == "known"
         row = {"step": step, "smiles": smiles, "score": score, "method": method, "similarity": sim,
