@@ -378,6 +378,38 @@ def test_a_stopped_optimization_keeps_its_log_and_summary(tmp_path, tiny_run, si
 
 
 @pytest.mark.slow
+def test_a_killed_optimization_resumes_from_the_log_it_left(tmp_path, tiny_run):
+    """SIGKILL (the out-of-memory killer) leaves the log in its temporary file, complete to the last batch:
+    ``--resume LOG`` finds it, scores none of its molecules again, and LOG then holds the old rows and the new."""
+    log = tmp_path / "log.csv"
+    env = _env()
+    env["OMP_NUM_THREADS"] = "1"
+    args = ("optimize", "--model", str(tiny_run.run_dir / "model.pt"), "--objective", "qed", "--method", "gradient",
+            "--seed", "0", "--no-progress", "--device", "cpu")
+    proc = subprocess.Popen(_cli(*args, "--budget", "100000", "--out", str(log)), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not ((part := _partial_output(log)) and part.stat().st_size > 3_000):
+        assert proc.poll() is None and time.monotonic() - t0 < 240, "no log rows"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not log.exists()
+    from molvae.optimize.oracle import read_log
+
+    left = read_log(_partial_output(log))
+    calls = int(left["oracle_call"].sum())
+    res = subprocess.run(_cli(*args, "--budget", str(calls + 5), "--resume", str(log)), env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "the search writing it was killed; resuming from the log it left" in res.stderr
+    table = read_log(log)
+    assert table["smiles"].is_unique and calls <= int(table["oracle_call"].sum()) <= calls + 5
+    assert table.head(len(left))["smiles"].tolist() == left["smiles"].tolist()
+    assert not list(tmp_path.glob(".log.*"))
+
+
+@pytest.mark.slow
 def test_generation_memory_stays_flat_as_n_grows(tmp_path, tiny_run):
     """Loose check of benchmarks/bench_generate_memory.py: peak RSS at 20k molecules is within
     a few tens of MB of 2k (a non-streaming writer would hold ~10x more rows in memory)."""

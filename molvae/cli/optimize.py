@@ -70,7 +70,7 @@ def _optional_limit(ctx, param, value):
               help="Oracle budget: distinct molecules scored (never exceeded).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
               help="CSV log of every molecule seen: step, smiles, score, method, similarity, oracle_call, status.")
-@click.option("--resume", "resume_log", type=click.Path(dir_okay=False, exists=True), metavar="LOG",
+@click.option("--resume", "resume_log", type=click.Path(dir_okay=False), metavar="LOG",
               help="Continue the search of LOG (an earlier --out of the same objective, e.g. one stopped by SIGTERM): "
                    "its molecules are never scored again, its oracle calls count against --budget (the total), "
                    "its best start the search; the log (--out, default LOG) holds the old rows and the new.")

@@ -86,7 +86,7 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
     obj, settings = _check_options(method, objective, budget, start, min_similarity, guards, settings)
     canon_start = _start_molecule(model, start) if start else None
     init, known = _initial_design(init_smiles, init_scores)
-    previous = _read_resumed(resume) if resume is not None else None
+    previous, source = _read_resumed(resume) if resume is not None else (None, None)
     if previous is not None:
         known = _with_logged(known, previous)
     seed_value = 0 if seed is None else int(seed)
@@ -108,8 +108,11 @@ def optimize(model, objective: str | Objective, *, method: str = "bo", budget: i
     try:
         oracle = Oracle(obj, budget, method=method, start=canon_start, min_similarity=min_similarity,
                         log_path=log_path, progress=bar)
-        return _search(model, obj, oracle, bar, method, budget, seed, seed_value, rng, settings, canon_start,
-                       min_similarity, init, known, top_k, previous)
+        result = _search(model, obj, oracle, bar, method, budget, seed, seed_value, rng, settings, canon_start,
+                         min_similarity, init, known, top_k, previous)
+        if source is not None and source.name.startswith(".") and log_path is not None:
+            source.unlink(missing_ok=True)  # a killed run's unfinished log: its rows are in the new log now
+        return result
     finally:
         if lock is not None:
             lock.release()
@@ -199,9 +202,16 @@ def _start_molecule(model, start: str) -> str:
 
 
 def _read_resumed(path: str | Path):
-    """The log a search resumes: refused when it is no optimization log."""
-    from .oracle import LOG_COLUMNS, read_log
+    """The log a search resumes (the unfinished one of a killed run where there is one): refused when it is
+    no optimization log."""
+    from .oracle import LOG_COLUMNS, read_log, unfinished_log
 
+    unfinished = unfinished_log(path)
+    if unfinished is not None:
+        log.warning("%s: the search writing it was killed; resuming from the log it left, %s", path, unfinished)
+        path = unfinished
+    elif not Path(path).is_file():
+        raise InvalidInputError(f"{path}: no such log to resume")
     try:
         previous = read_log(path)
     except (OSError, ValueError) as exc:
@@ -210,7 +220,7 @@ def _read_resumed(path: str | Path):
     if missing:
         raise InvalidInputError(f"{path}: not an optimization log (no column {', '.join(missing)}); expected the "
                                 "--out log of an earlier molvae optimize")
-    return previous
+    return previous, Path(path)
 
 
 def _with_logged(known, previous):

@@ -28,7 +28,7 @@ from .. import chem
 from ..errors import InvalidInputError
 from ..objectives import Objective
 
-__all__ = ["Oracle", "LOG_COLUMNS", "read_log", "standard_log"]
+__all__ = ["Oracle", "LOG_COLUMNS", "read_log", "standard_log", "unfinished_log"]
 
 #: ``oracle_call``: whether the row cost an oracle call (counted against the budget)
 LOG_COLUMNS = ["step", "smiles", "score", "method", "similarity", "oracle_call", "status"]
@@ -46,8 +46,24 @@ def standard_log(log: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_log(path: str | Path) -> pd.DataFrame:
-    """An optimization log written by ``--out``/``log_path``, this version's or an older one."""
-    return standard_log(pd.read_csv(path, keep_default_na=False, na_values=[""]))
+    """An optimization log written by ``--out``/``log_path``, this version's or an older one. A last line cut
+    short (the log of a killed run) is left out: its numbers may be cut too."""
+    import io
+
+    text = Path(path).read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return standard_log(pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""]))
+
+
+def unfinished_log(path: str | Path) -> Path | None:
+    """The log a killed search left beside ``path`` (it writes to a temporary file that replaces ``path`` at
+    the end), when it is newer than ``path``."""
+    path = Path(path)
+    found = sorted(path.parent.glob(f".{path.stem}.*.tmp{path.suffix}"), key=lambda p: p.stat().st_mtime)
+    if found and (not path.exists() or found[-1].stat().st_mtime >= path.stat().st_mtime):
+        return found[-1]
+    return None
 
 
 @dataclass
