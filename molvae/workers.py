@@ -137,6 +137,11 @@ def crashed(what: str, pool: ProcessPoolExecutor | None = None) -> WorkerCrashed
     """The error for a pool whose worker died while doing ``what``: the worker's own exception where it
     raised one while starting (an ImportError of a package changed under a running job), else the usual
     causes of a process that dies without a word."""
+    # The pool ends the survivors of a broken pool with SIGTERM, which workers leave to their parent
+    # (start_worker): end them with SIGKILL, or shutting the pool down waits for them forever.
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.kill()
     failures = getattr(pool, "molvae_failures", None)
     if failures is not None and not failures.empty():
         return WorkerCrashed(f"a worker process failed while {what}: {failures.get()}; nothing was written")
