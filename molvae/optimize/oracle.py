@@ -183,11 +183,10 @@ class Oracle:
         """Take over an earlier run's log (:func:`read_log`): its rows go into this log as they were, its
         molecules are answered from the cache, and its oracle calls count against the budget. New rows
         continue its step numbers."""
-        for r in previous.itertuples(index=False):
-            score = float(r.score) if str(r.score).strip() not in ("", "nan") else math.nan
-            sim = float(r.similarity) if str(r.similarity).strip() not in ("", "nan") else math.nan
+        for r in previous.itertuples(index=False):  # read_log gives NaN for empty numbers
             self.n_calls += bool(r.oracle_call)
-            self._record(int(r.step), str(r.smiles), score, str(r.method), sim, bool(r.oracle_call), str(r.status))
+            self._record(int(r.step), str(r.smiles), float(r.score), str(r.method), float(r.similarity),
+                         bool(r.oracle_call), str(r.status))
         if len(previous):
             self.step_offset = int(previous["step"].max()) + 1
         if self._log_file is not None:
