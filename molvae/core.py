@@ -333,6 +333,11 @@ class MolVAE:
         return model.to(device)
 
     # ------------------------------------------------------------------ tokens
+    @property
+    def keeps_largest_fragment(self) -> bool:
+        """Whether the model reads a molecule as its largest fragment, as its training did (the default)."""
+        return bool(self.train_config.largest_fragment if self.train_config else True)
+
     def read(self, smiles: str) -> tuple[list[int] | str, str | None, str]:
         """How the model reads one SMILES: ``(token ids or the reason it cannot, the canonical SMILES it
         read or None, how)``.
@@ -342,7 +347,7 @@ class MolVAE:
         ``"charge"`` when :attr:`neutralize` is on and the model read its neutral form, ``"stereo+charge"``
         when it needed both. A token with no such fallback (an element the model never saw) is a reason.
         """
-        keep = bool(self.train_config.largest_fragment if self.train_config else True)
+        keep = self.keeps_largest_fragment
         res = chem.process_smiles(smiles, keep_largest_fragment=keep)
         if isinstance(res, str):
             return res, None, ""

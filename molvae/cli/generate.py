@@ -86,8 +86,7 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
         batch_size = cap
     prior_name = model.resolve_prior(prior)
     click.echo(f"prior: {prior_name} ({model.describe_prior(prior_name)})", err=True)
-    keep = bool(model.train_config.largest_fragment) if model.train_config is not None else True
-    exclude = reference_set(novel_vs, keep_largest_fragment=keep) if novel_vs else None
+    exclude = reference_set(novel_vs, keep_largest_fragment=model.keeps_largest_fragment) if novel_vs else None
     batches = sample_molecules(model, n, temperature=temperature, greedy=greedy, seed=seed, batch_size=batch_size,
                                prior=prior_name, n_jobs=n_jobs if n_jobs is not None else (0 if n >= PARALLEL_FROM else 1),
                                unique=unique, exclude=exclude)
