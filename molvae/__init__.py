@@ -17,7 +17,7 @@ if OMP_POLICY_SET_BY_MOLVAE:
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from ._version import __version__  # noqa: E402
-from .config import ModelConfig, TrainConfig  # noqa: E402
+from .config import Decoding, ModelConfig, TrainConfig  # noqa: E402
 from .core import MolVAE  # noqa: E402
 from .errors import CheckpointError, InvalidInputError, MolvaeError, VocabularyError  # noqa: E402
 from .train import train  # noqa: E402
@@ -29,6 +29,7 @@ __all__ = [
     "MolVAE",
     "ModelConfig",
     "TrainConfig",
+    "Decoding",
     "Vocabulary",
     "train",
     "finetune_config",

@@ -13,6 +13,7 @@ import functools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import selfies as sf
@@ -36,6 +37,9 @@ __all__ = [
     "ProcessedMolecule",
     "process_smiles",
     "selfies_to_canonical",
+    "DecodedMolecule",
+    "decode_selfies",
+    "ignored_atom_tokens",
     "stereo_free",
     "neutralized",
     "STEREO_MARKS",
@@ -288,6 +292,54 @@ def selfies_to_canonical(selfies: str | None) -> str | None:
     65,536 strings): a latent search decodes the same molecules many times over."""
     smiles = to_smiles(selfies)
     return canonicalize(smiles) if smiles else None
+
+
+class DecodedMolecule(NamedTuple):
+    """What a decoded SELFIES string is: canonical SMILES ('' when it gives no molecule), whether an atom
+    is left with unpaired electrons, and the atom count of its largest ring (0 when acyclic)."""
+
+    smiles: str
+    radical: bool
+    largest_ring: int
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def decode_selfies(selfies: str | None) -> DecodedMolecule:
+    """Decode SELFIES to a :class:`DecodedMolecule` with one RDKit parse. Memoized like
+    :func:`selfies_to_canonical`, whose SMILES it gives."""
+    smiles = selfies_to_canonical(selfies)
+    mol = to_mol(smiles) if smiles else None
+    if mol is None:
+        return DecodedMolecule("", False, 0)
+    radical = any(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
+    return DecodedMolecule(smiles, radical, largest_ring(mol))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def ignored_atom_tokens(selfies: str) -> int:
+    """How many atom tokens of ``selfies`` place no atom in the molecule it decodes to.
+
+    SELFIES decodes every string, and does so by ignoring what would break a valence rule: an atom
+    written after a saturated one, a branch on a full atom and everything in it. A decoder that
+    wrote such tokens meant a molecule it did not get. Branch and ring tokens and the index tokens
+    after them are not counted (selfies' attribution does not follow them).
+    """
+    try:
+        _, attribution = sf.decoder(selfies, attribute=True)
+    except Exception:
+        return 0
+    placed = {a.index for m in attribution for a in (m.attribution or [])}
+    ignored = skip = 0
+    for i, token in enumerate(split_selfies(selfies)):
+        if skip:
+            skip -= 1
+            continue
+        if "Branch" in token or "Ring" in token:
+            skip = int(token[-2]) if token[-2].isdigit() else 1
+            continue
+        if token != "[nop]" and i not in placed:
+            ignored += 1
+    return ignored
 
 
 # ----------------------------------------------------------------------------- properties

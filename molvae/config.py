@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .errors import InvalidInputError
 
-__all__ = ["ModelConfig", "TrainConfig", "load_config_file", "KL_SCHEDULES", "LR_SCHEDULES", "ConfigError",
+__all__ = ["ModelConfig", "TrainConfig", "Decoding", "DECODE_METHODS", "decode_settings", "load_config_file", "KL_SCHEDULES", "LR_SCHEDULES", "ConfigError",
            "progress_wanted", "setting", "cli_settings", "resume_changeable", "shown_default", "field_kind"]
 
 T = TypeVar("T")
@@ -26,6 +26,7 @@ T = TypeVar("T")
 KL_SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
 LR_SCHEDULES = ("constant", "cosine")
 KEEP_CHOICES = ("best", "last")
+DECODE_METHODS = ("sample", "greedy", "beam", "clean")
 
 
 class ConfigError(InvalidInputError):
@@ -384,3 +385,47 @@ def cli_settings() -> list[tuple[str, dataclasses.Field]]:
     """``(table, field)`` of every setting with a ``molvae train`` option, model settings after train settings."""
     return [(table, f) for table, cls in (("train", TrainConfig), ("model", ModelConfig))
             for f in dataclasses.fields(cls) if f.metadata.get("cli")]
+
+
+@dataclass(frozen=True)
+class Decoding(_ConfigMixin):
+    """How a latent vector becomes a molecule when a model samples: the token rule and what is redrawn.
+
+    The token rule (``method``): ``sample`` draws each token from the decoder's softmax at ``temperature``
+    (restricted to the ``top_p`` nucleus below 1); ``greedy`` takes the most likely token; ``beam`` keeps
+    ``beam_width`` sequences and returns the most likely one; ``clean`` samples as ``sample`` does and
+    redraws every molecule whose SELFIES holds atom tokens SELFIES had to ignore. A sample that breaks
+    a rule below is redrawn from a fresh latent vector (:data:`molvae.core.MAX_REDRAWS` rounds at most).
+    """
+
+    method: str = setting("sample", "Token rule: sample, greedy, beam, or clean (sample, and redraw molecules whose "
+                          "SELFIES had atoms ignored)", cli="decode", choices=DECODE_METHODS)
+    temperature: float = setting(1.0, "Softmax temperature of sample and clean", cli="temperature", low=0.0,
+                                 low_open=True)
+    top_p: float = setting(1.0, "Nucleus of sample and clean: the most likely tokens holding this much probability",
+                           cli="top-p", low=0.0, high=1.0, low_open=True)
+    beam_width: int = setting(4, "Beams per latent vector of beam", cli="beam-width", low=1)
+    allow_radicals: bool = setting(False, "Keep molecules with unpaired electrons (else redrawn)",
+                                   cli="allow-radicals")
+    max_ring_size: int = setting(8, "Redraw molecules with a ring of more atoms (0: no limit)", cli="max-ring-size",
+                                 low=0)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+    def describe(self) -> str:
+        """One line: the token rule with its parameters, then what is redrawn."""
+        if self.method in ("sample", "clean"):
+            rule = f"{self.method}, T = {self.temperature:g}" + (f", top-p {self.top_p:g}" if self.top_p < 1 else "")
+        elif self.method == "beam":
+            rule = f"beam search, width {self.beam_width}"
+        else:
+            rule = "greedy"
+        redrawn = [*(["radicals"] if not self.allow_radicals else []),
+                   *([f"rings over {self.max_ring_size} atoms"] if self.max_ring_size else [])]
+        return rule + (f"; redraws {' and '.join(redrawn)}" if redrawn else "")
+
+
+def decode_settings() -> list[dataclasses.Field]:
+    """The fields of :class:`Decoding`, each with its command-line option (``molvae generate`` builds them)."""
+    return list(dataclasses.fields(Decoding))

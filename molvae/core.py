@@ -21,13 +21,14 @@ import torch
 
 from . import chem
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig, TrainConfig
+from .config import Decoding, ModelConfig, TrainConfig
 from .errors import CheckpointError, InvalidInputError
 from .model import VAE, sequences_to_tensor
 from .prior import NORMAL, GaussianMixturePrior, prior_from_dict
 from .vocab import SPECIAL_TOKENS, Vocabulary, parent_token
 
-__all__ = ["MolVAE", "resolve_device", "find_model", "SHIPPED_MODELS_DIR", "LATEST_POINTER"]
+__all__ = ["MolVAE", "resolve_device", "find_model", "resolve_decoding", "SHIPPED_MODELS_DIR", "LATEST_POINTER",
+           "MAX_REDRAWS", "REDRAW_REASONS"]
 
 log = logging.getLogger(__name__)
 
@@ -514,29 +515,77 @@ class MolVAE:
         name = self.resolve_prior(prior)
         return "N(0, I)" if name == NORMAL else self.priors[name].describe()
 
-    def _sample_batch(self, m: int, prior: str, temperature: float, greedy: bool, seed: int) -> pd.DataFrame:
-        """One batch of ``m`` samples, all randomness from ``seed``."""
-        gen = torch_generator(seed, self.device)
+    def _draw_z(self, m: int, prior: str, gen: torch.Generator | None, cpu_gen: torch.Generator | None
+                ) -> torch.Tensor:
         if prior == NORMAL:
-            z = torch.randn(m, self.config.latent_dim, generator=gen, device=self.device)
-        else:  # a fitted prior draws on the CPU (float64 mixture)
-            cpu_gen = gen if self.device.type == "cpu" else torch_generator(seed, torch.device("cpu"))
-            z = self.priors[prior].sample(m, generator=cpu_gen, device=self.device)
-        # bf16 matrix products where the CPU runs them fast (the same rule as training's cpu_amp):
-        # 1.6x more molecules per second on an AMD Zen 4; the samples differ from fp32 ones only by rounding.
+            return torch.randn(m, self.config.latent_dim, generator=gen, device=self.device)
+        return self.priors[prior].sample(m, generator=cpu_gen, device=self.device)  # float64 mixture on the CPU
+
+    def _decode_ids(self, z: torch.Tensor, decoding: Decoding, gen: torch.Generator | None) -> list[list[int]]:
+        """Token ids of ``z`` under ``decoding``'s token rule (bf16 matrix products where the CPU runs them fast,
+        the same rule as training's cpu_amp: 1.6x more molecules per second on an AMD Zen 4; the samples differ
+        from fp32 ones only by rounding)."""
         fast = self.device.type == "cpu" and _fast_bf16_here()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
-            ids = self.net.generate(z, self.config.max_len, temperature=temperature, greedy=greedy, generator=gen,
-                                    atom_tokens=self.atom_tokens)
-        rows = [self.ids_to_smiles(seq) for seq in ids]
-        return pd.DataFrame({"smiles": [r[0] for r in rows], "selfies": [r[1] for r in rows],
-                             "valid": [bool(r[0]) for r in rows]})
+            if decoding.method == "beam":
+                return self.net.beam_search(z, self.config.max_len, width=decoding.beam_width,
+                                            atom_tokens=self.atom_tokens)
+            return self.net.generate(z, self.config.max_len, temperature=decoding.temperature,
+                                     greedy=decoding.method == "greedy", top_p=decoding.top_p, generator=gen,
+                                     atom_tokens=self.atom_tokens)
 
-    def iter_samples(self, n: int, *, temperature: float = 1.0, greedy: bool = False, seed: int | None = None,
-                     batch_size: int = 1000, prior: str | None = None, n_jobs: int = 1) -> Iterator[pd.DataFrame]:
+    @staticmethod
+    def _redraw_reason(selfies: str, mol: chem.DecodedMolecule, decoding: Decoding) -> str | None:
+        """Why a decoded sample breaks ``decoding``'s rules (a key of :data:`REDRAW_REASONS`), else ``None``."""
+        if not mol.smiles:
+            return None
+        if mol.radical and not decoding.allow_radicals:
+            return "radical"
+        if decoding.max_ring_size and mol.largest_ring > decoding.max_ring_size:
+            return "ring"
+        if decoding.method == "clean" and chem.ignored_atom_tokens(selfies):
+            return "ignored"
+        return None
+
+    def _sample_batch(self, m: int, prior: str, decoding: Decoding, seed: int) -> pd.DataFrame:
+        """One batch of ``m`` samples, all randomness from ``seed``. A sample that breaks ``decoding``'s rules is
+        redrawn from a new z, at most :data:`MAX_REDRAWS` rounds; one still breaking them is an invalid row.
+        ``attrs["redrawn"]`` counts the redraws by reason."""
+        gen = torch_generator(seed, self.device)
+        cpu_gen = gen if self.device.type == "cpu" else torch_generator(seed, torch.device("cpu"))
+        selfies: list[str] = [""] * m
+        mols: list[chem.DecodedMolecule] = [chem.DecodedMolecule("", False, 0)] * m
+        todo = list(range(m))
+        redrawn = dict.fromkeys(REDRAW_REASONS, 0)
+        for round_ in range(MAX_REDRAWS + 1):
+            if not todo:
+                break
+            ids = self._decode_ids(self._draw_z(len(todo), prior, gen, cpu_gen), decoding, gen)
+            failed = []
+            for i, seq in zip(todo, ids):
+                selfies[i] = self.vocab.decode_selfies(seq)
+                mols[i] = chem.decode_selfies(selfies[i]) if selfies[i] else chem.DecodedMolecule("", False, 0)
+                reason = self._redraw_reason(selfies[i], mols[i], decoding)
+                if reason is not None:
+                    failed.append(i)
+                    if round_ < MAX_REDRAWS:
+                        redrawn[reason] += 1
+            todo = failed
+        for i in todo:  # broke the rules MAX_REDRAWS + 1 times: no molecule
+            mols[i] = chem.DecodedMolecule("", False, 0)
+        table = pd.DataFrame({"smiles": [d.smiles for d in mols], "selfies": selfies,
+                              "valid": [bool(d.smiles) for d in mols]})
+        table.attrs["redrawn"] = redrawn
+        return table
+
+    def iter_samples(self, n: int, *, decoding: Decoding | None = None, temperature: float | None = None,
+                     greedy: bool = False, seed: int | None = None, batch_size: int = 1000, prior: str | None = None,
+                     n_jobs: int = 1) -> Iterator[pd.DataFrame]:
         """Sample a prior in batches: yields tables of ``smiles, selfies, valid`` totalling ``n`` rows.
 
         Args:
+            decoding: how z becomes a molecule (:class:`~molvae.config.Decoding`; default: ``Decoding()``).
+            temperature, greedy: short forms that change ``decoding``'s temperature, or make it greedy.
             prior: ``"normal"`` (z ~ N(0, I)), the name of a fitted prior (:attr:`priors`), or
                 ``None`` for the model's :attr:`default_prior`.
             seed: batch k draws everything from a seed derived from ``(seed, k)``, so the
@@ -547,13 +596,12 @@ class MolVAE:
         """
         if n < 0:
             raise InvalidInputError(f"number of molecules must be >= 0, got {n}")
-        if temperature <= 0:
-            raise InvalidInputError(f"temperature must be > 0, got {temperature}")
+        decoding = resolve_decoding(decoding, temperature, greedy)
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         name = self.resolve_prior(prior)
         base = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        tasks = ((min(batch_size, n - s), name, temperature, greedy, _batch_seed(base, k))
+        tasks = ((min(batch_size, n - s), name, decoding, _batch_seed(base, k))
                  for k, s in enumerate(range(0, n, batch_size)))
         jobs = 1
         if self.device.type == "cpu" and n > batch_size:
@@ -583,12 +631,13 @@ class MolVAE:
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(self.CPU_BATCH_CAP, int(free // 2 // per_row))
 
-    def sample(self, n: int, *, temperature: float = 1.0, greedy: bool = False, seed: int | None = None,
-               batch_size: int = 1000, prior: str | None = None, n_jobs: int = 1) -> pd.DataFrame:
-        """``n`` molecules decoded from z drawn from ``prior`` (default: the model's default prior):
-        a table of ``smiles, selfies, valid`` (see :meth:`iter_samples`)."""
-        parts = list(self.iter_samples(n, temperature=temperature, greedy=greedy, seed=seed, batch_size=batch_size,
-                                       prior=prior, n_jobs=n_jobs))
+    def sample(self, n: int, *, decoding: Decoding | None = None, temperature: float | None = None,
+               greedy: bool = False, seed: int | None = None, batch_size: int = 1000, prior: str | None = None,
+               n_jobs: int = 1) -> pd.DataFrame:
+        """``n`` molecules decoded from z drawn from ``prior`` (default: the model's default prior) under
+        ``decoding``: a table of ``smiles, selfies, valid`` (see :meth:`iter_samples`)."""
+        parts = list(self.iter_samples(n, decoding=decoding, temperature=temperature, greedy=greedy, seed=seed,
+                                       batch_size=batch_size, prior=prior, n_jobs=n_jobs))
         if not parts:
             return pd.DataFrame({"smiles": [], "selfies": [], "valid": []})
         return pd.concat(parts, ignore_index=True)
@@ -597,6 +646,30 @@ class MolVAE:
         c = self.config
         return (f"MolVAE(latent_dim={c.latent_dim}, vocab={len(self.vocab)}, "
                 f"params={self.net.n_parameters():,}, path={str(self.path) if self.path else None})")
+
+
+#: Rounds of redrawing a sample that breaks its :class:`~molvae.config.Decoding`'s rules (then it is an invalid row).
+MAX_REDRAWS = 20
+
+#: Why a sample is redrawn, by the key :meth:`MolVAE.iter_samples` tables count them under (``attrs["redrawn"]``).
+REDRAW_REASONS = {"radical": "unpaired electrons", "ring": "a ring over the size limit",
+                  "ignored": "atom tokens SELFIES ignored"}
+
+
+def resolve_decoding(decoding: Decoding | None = None, temperature: float | None = None, greedy: bool = False
+                     ) -> Decoding:
+    """``decoding`` (default ``Decoding()``) with the short forms applied: ``temperature`` replaces its
+    temperature, ``greedy`` makes it greedy."""
+    out = decoding if decoding is not None else Decoding()
+    if not isinstance(out, Decoding):
+        raise InvalidInputError(f"decoding must be a molvae.Decoding, got {type(out).__name__}")
+    if temperature is not None:
+        if not temperature > 0:
+            raise InvalidInputError(f"temperature must be > 0, got {temperature}")
+        out = out.replace(temperature=float(temperature))
+    if greedy:
+        out = out.replace(method="greedy")
+    return out
 
 
 def _batch_seed(seed: int, index: int) -> int:

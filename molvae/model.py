@@ -266,8 +266,8 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, max_len: int, *, temperature: float = 1.0, greedy: bool = False,
-                 generator: torch.Generator | None = None, atom_tokens: torch.Tensor | None = None
-                 ) -> list[list[int]]:
+                 top_p: float = 1.0, generator: torch.Generator | None = None,
+                 atom_tokens: torch.Tensor | None = None) -> list[list[int]]:
         """Decode latent vectors ``z (B, latent_dim)`` autoregressively.
 
         ``atom_tokens`` (a ``(vocab,)`` bool mask) forbids ``<eos>`` until one of those
@@ -280,7 +280,8 @@ class VAE(nn.Module):
         the molecules' real lengths rather than ``max_len`` while the matrix products see few distinct
         shapes (oneDNN keeps a kernel and its buffers per shape: bf16 sampling with a shape per step
         grew the process by ~400 MB over 20,000 molecules). Sampling draws one uniform number per row and step (inverse CDF), so
-        a row's tokens do not depend on when other rows finish.
+        a row's tokens do not depend on when other rows finish. ``top_p < 1`` samples from the smallest set of
+        tokens whose probabilities sum to at least ``top_p`` (nucleus sampling, Holtzman et al. 2020).
 
         Returns:
             One list of token ids per row, without ``<eos>``, at most ``max_len`` long.
@@ -303,13 +304,14 @@ class VAE(nn.Module):
             for i, (_, _, w_ih_t, b_ih, w_hh_t, b_hh) in enumerate(layers):
                 gi = x if i == 0 else torch.addmm(b_ih, h[i - 1], w_ih_t)
                 h[i] = self._gru_cell(gi, h[i], w_hh_t, b_hh)
-            logits = self.output(h[-1]).float().masked_fill(forbidden, -math.inf)
-            if has_atom is not None and t < max_len - 1:
-                logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(~has_atom, -math.inf)
+            logits = self._step_logits(h[-1], forbidden, has_atom, t < max_len - 1)
             if greedy:
                 token = logits.argmax(-1)
             else:
-                cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
+                probs = torch.softmax(logits / temperature, dim=-1)
+                if top_p < 1.0:
+                    probs = nucleus(probs, top_p)
+                cdf = probs.cumsum(-1)
                 draw = u.index_select(0, rows).unsqueeze(1) * cdf[:, -1:]
                 token = torch.searchsorted(cdf, draw).squeeze(1).clamp_(max=logits.shape[1] - 1)
             out[rows, t] = token
@@ -328,6 +330,18 @@ class VAE(nn.Module):
                 h = [x.index_select(0, keep) for x in h]
                 if has_atom is not None:
                     has_atom = has_atom[keep]
+        return self._cut(out)
+
+    def _step_logits(self, h_last: torch.Tensor, forbidden: torch.Tensor, has_atom: torch.Tensor | None,
+                     eos_gated: bool) -> torch.Tensor:
+        """The next token's logits (float32), with forbidden tokens and an early ``<eos>`` masked out."""
+        logits = self.output(h_last).float().masked_fill(forbidden, -math.inf)
+        if has_atom is not None and eos_gated:
+            logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(~has_atom, -math.inf)
+        return logits
+
+    def _cut(self, out: torch.Tensor) -> list[list[int]]:
+        """Rows of token ids up to (without) the first ``<eos>``, padding dropped."""
         result = []
         for row in out.cpu().tolist():
             try:
@@ -337,8 +351,69 @@ class VAE(nn.Module):
             result.append([i for i in row if i != self.pad_id])
         return result
 
+    @torch.no_grad()
+    def beam_search(self, z: torch.Tensor, max_len: int, *, width: int = 4,
+                    atom_tokens: torch.Tensor | None = None) -> list[list[int]]:
+        """The highest-scoring sequence of a beam search of ``width`` beams per latent vector.
+
+        A beam's score is its summed token log-probability log p(x|z) (``<eos>`` included); a finished
+        beam keeps its score and competes with the open ones until the end, so the result is the most
+        likely sequence the search found (``width=1`` is greedy decoding). ``atom_tokens`` gates
+        ``<eos>`` as in :meth:`generate`.
+
+        Returns:
+            One list of token ids per row of ``z``, without ``<eos>``, at most ``max_len`` long.
+        """
+        B, K, V = z.shape[0], width, self.vocab_size
+        device = z.device
+        zk = z.repeat_interleave(K, 0)                                 # (B*K, latent): beams of a latent together
+        layers = self._step_weights(zk)
+        h = list(self.initial_hidden(zk).unbind(0))
+        from_z = layers[0][1]
+        score = torch.full((B, K), -math.inf, device=device)
+        score[:, 0] = 0.0                                              # one open beam at the start
+        token = torch.full((B * K,), self.bos_id, dtype=torch.long, device=device)
+        seqs = torch.full((B * K, max_len), self.pad_id, dtype=torch.long, device=device)
+        done = torch.zeros(B * K, dtype=torch.bool, device=device)
+        has_atom = torch.zeros(B * K, dtype=torch.bool, device=device) if atom_tokens is not None else None
+        atoms = atom_tokens.to(device) if atom_tokens is not None else None
+        offset = (torch.arange(B, device=device) * K).unsqueeze(1)
+        for t in range(max_len):
+            x = layers[0][0].index_select(0, token) + from_z
+            for i, (_, _, w_ih_t, b_ih, w_hh_t, b_hh) in enumerate(layers):
+                gi = x if i == 0 else torch.addmm(b_ih, h[i - 1], w_ih_t)
+                h[i] = self._gru_cell(gi, h[i], w_hh_t, b_hh)
+            logp = torch.log_softmax(self._step_logits(h[-1], self.forbidden, has_atom, t < max_len - 1), -1)
+            # a finished beam has one continuation, <pad>, at no cost
+            logp[done] = -math.inf
+            logp[done, self.pad_id] = 0.0
+            cand = (score.view(-1, 1) + logp).view(B, K * V)
+            score, flat = cand.topk(K, dim=1)
+            parent = (offset + torch.div(flat, V, rounding_mode="floor")).view(-1)
+            token = (flat % V).view(-1)
+            seqs = seqs.index_select(0, parent)
+            seqs[:, t] = token
+            h = [x.index_select(0, parent) for x in h]
+            done = done.index_select(0, parent) | (token == self.eos_id)
+            if has_atom is not None:
+                has_atom = has_atom.index_select(0, parent) | atoms[token]
+            if bool(done.all()):
+                break
+        best = offset.squeeze(1) + score.argmax(1)
+        return self._cut(seqs.index_select(0, best))
+
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs (B, V)`` with every token outside each row's nucleus zeroed: the most likely tokens whose
+    probabilities, summed in decreasing order, first reach ``top_p`` (the most likely token always stays).
+    Not renormalized: inverse-CDF sampling scales by the row's total."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p                            # mass of the more likely tokens
+    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
 
 
 def sequences_to_tensor(seqs: Sequence[Sequence[int]], eos_id: int, pad_id: int

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from . import chem
+from .config import Decoding
 from .core import MolVAE, torch_generator
 from .errors import InvalidInputError
 from .model import sequences_to_tensor
@@ -484,9 +485,10 @@ def reference_set(path: str | os.PathLike, *, keep_largest_fragment: bool = True
                         for s in read_molecules(path)["input"]) if c}
 
 
-def sample_molecules(model: MolVAE, n: int, *, temperature: float = 1.0, greedy: bool = False,
-                     seed: int | None = None, batch_size: int = 1000, prior: str | None = None, n_jobs: int = 1,
-                     unique: bool = False, exclude: set[str] | None = None
+def sample_molecules(model: MolVAE, n: int, *, decoding: Decoding | None = None, temperature: float | None = None,
+                     greedy: bool = False, seed: int | None = None, batch_size: int = 1000, prior: str | None = None,
+                     n_jobs: int = 1, unique: bool = False, exclude: set[str] | None = None,
+                     redrawn: dict[str, int] | None = None
                      ) -> Iterator[tuple[list[tuple[str, str, bool]], int]]:
     """Sample ``model``'s prior batch by batch until ``n`` molecules are kept.
 
@@ -495,6 +497,8 @@ def sample_molecules(model: MolVAE, n: int, *, temperature: float = 1.0, greedy:
     training set) only valid, distinct molecules absent from ``exclude`` are kept, drawing at most
     :data:`UNIQUE_DRAWS_FACTOR` × ``n`` molecules; fewer than ``n`` come back when that is not enough.
     The draws of a seeded run restart their seed at ``seed + draws so far`` for each round.
+    ``decoding`` (:class:`~molvae.config.Decoding`, with the ``temperature``/``greedy`` short forms) says how z
+    becomes a molecule; ``redrawn``, a dict, is filled with the samples redrawn for breaking its rules, by reason.
 
     Yields:
         ``(rows, draws)``: the kept ``(smiles, selfies, valid)`` rows of one batch (never more
@@ -507,10 +511,13 @@ def sample_molecules(model: MolVAE, n: int, *, temperature: float = 1.0, greedy:
     kept = draws = 0
     while kept < n and draws < max_draws:
         want = min(batch_size, max_draws - draws) if filtering else n - kept
-        for chunk in model.iter_samples(want, temperature=temperature, greedy=greedy,
+        for chunk in model.iter_samples(want, decoding=decoding, temperature=temperature, greedy=greedy,
                                         seed=None if seed is None else seed + draws, batch_size=batch_size,
                                         prior=prior, n_jobs=n_jobs):
             draws += len(chunk)
+            if redrawn is not None:
+                for reason, k in chunk.attrs.get("redrawn", {}).items():
+                    redrawn[reason] = redrawn.get(reason, 0) + k
             rows = []
             for smi, sel, valid in chunk.itertuples(index=False):
                 if filtering:
