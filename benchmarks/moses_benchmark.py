@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from molvae import MolVAE
+from molvae import Decoding, MolVAE
 from molvae.checkpoint import versions
 from molvae.core import find_model, resolve_device
 
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_samples": args.n,
         "prior": prior,
         "prior_description": model.describe_prior(prior),
+        "decoding": Decoding().describe(),
         "seed": args.seed,
         "reference": {"train": args.train, "test": args.test, "test_scaffolds": args.test_scaffolds},
         "device": str(device),

@@ -59,7 +59,7 @@ def progress_wanted(flag: bool | None) -> bool:
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | None = None, low: float | None = None,
             high: float | None = None, low_open: bool = False, high_open: bool = False,
             choices: tuple[str, ...] | None = None, shown: str | None = None, on_resume: bool = False,
-            default_factory: Any = None) -> Any:
+            default_factory: Any = None, short: str | None = None) -> Any:
     """A config field with its metadata.
 
     Args:
@@ -71,9 +71,10 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | No
         choices: the allowed strings.
         shown: the default as the help shows it, when ``default`` alone would not say it (e.g. ``None``).
         on_resume: a resumed run may change it (how long and how it runs, not what it learns).
+        short: a one-letter form of the option (``"t"`` for ``-t``).
     """
     meta = {"help": help, "cli": cli, "range": (low, high, low_open, high_open), "choices": choices, "shown": shown,
-            "on_resume": on_resume}
+            "on_resume": on_resume, "short": short}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -400,8 +401,9 @@ class Decoding(_ConfigMixin):
 
     method: str = setting("sample", "Token rule: sample, greedy, beam, or clean (sample, and redraw molecules whose "
                           "SELFIES had atoms ignored)", cli="decode", choices=DECODE_METHODS)
-    temperature: float = setting(1.0, "Softmax temperature of sample and clean", cli="temperature", low=0.0,
-                                 low_open=True)
+    # 0.7: the lowest FCD/Test among the strategies that keep MOSES's diversity (benchmarks/bench_decoding.py)
+    temperature: float = setting(0.7, "Softmax temperature of sample and clean", cli="temperature", low=0.0,
+                                 low_open=True, short="t")
     top_p: float = setting(1.0, "Nucleus of sample and clean: the most likely tokens holding this much probability",
                            cli="top-p", low=0.0, high=1.0, low_open=True)
     beam_width: int = setting(4, "Beams per latent vector of beam", cli="beam-width", low=1)

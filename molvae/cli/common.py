@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import click
 import pandas as pd
 
 from ..checkpoint import atomic_output
+from ..config import ConfigError, Decoding, decode_settings, field_kind, shown_default
 from ..core import DEFAULT_SHIPPED, MolVAE, find_model
 from ..errors import InvalidInputError
 
@@ -25,6 +27,57 @@ def model_option(f=None, *, shipped: str = DEFAULT_SHIPPED):
                  f"shipped model {shipped!r}).",
         )(f)
     return add(f) if f is not None else add
+
+
+def setting_option(f: dataclasses.Field) -> tuple[str, Callable]:
+    """``(parameter name, click decorator)`` of the option of config field ``f``, from its metadata: the
+    option's name, help, default shown and choices are declared once, on the field."""
+    cli = f.metadata["cli"]
+    kind, _ = field_kind(f)
+    default = shown_default(f)
+    text = f.metadata["help"] + (f" [{default}]." if default is not None else ".")
+    name = cli.split("/")[0].replace("-", "_")
+    if "/" in cli:
+        on, off = cli.split("/")
+        return name, click.option(f"--{on}/--{off}", name, default=None, help=text)
+    if kind == "bool":
+        return name, click.option(f"--{cli}", name, is_flag=True, default=None, help=text)
+    choices = f.metadata.get("choices")
+    type_ = click.Choice(choices) if choices else {"int": int, "float": float}.get(kind, str)
+    short = (f"-{f.metadata['short']}",) if f.metadata.get("short") else ()
+    return name, click.option(f"--{cli}", *short, name, type=type_, help=text)
+
+
+#: option parameter name -> Decoding field name
+_DECODE_OPTIONS = {setting_option(f)[0]: f.name for f in decode_settings()}
+
+
+def decoding_options(func: Callable) -> Callable:
+    """The :class:`~molvae.config.Decoding` options (``--decode``, ``--temperature``, ...) and ``--greedy``,
+    their short form; :func:`decoding_from` reads them back."""
+    func = click.option("--greedy", is_flag=True, help="Short for --decode greedy.")(func)
+    for f in reversed(decode_settings()):
+        func = setting_option(f)[1](func)
+    return func
+
+
+def decoding_from(opts: dict[str, Any]) -> Decoding:
+    """The :class:`~molvae.config.Decoding` of a command's options (popped from ``opts``); a bad value is
+    a usage error on its option."""
+    values = {field: opts.pop(name) for name, field in _DECODE_OPTIONS.items()}
+    greedy = opts.pop("greedy", False)
+    if greedy:
+        if values["method"] not in (None, "greedy"):
+            raise click.BadParameter(f"--greedy is --decode greedy; got --decode {values['method']} too",
+                                     param_hint="--greedy")
+        values["method"] = "greedy"
+    try:
+        return Decoding(**{k: v for k, v in values.items() if v is not None})
+    except ConfigError as exc:
+        hint = next(f"--{n.replace('_', '-')}" for n, f in _DECODE_OPTIONS.items() if f == exc.key)
+        text = str(exc)
+        raise click.BadParameter("must " + text.split(" must ", 1)[1] if " must " in text else text,
+                                 param_hint=hint) from exc
 
 
 def device_option(f):

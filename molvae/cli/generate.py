@@ -15,11 +15,12 @@ from tqdm.auto import tqdm
 from ..checkpoint import atomic_output
 from ..chem import compute_properties
 from ..config import progress_wanted
+from ..core import REDRAW_REASONS
 from ..errors import InvalidInputError
 from ..sample import PROPERTY_COLUMNS, reference_set, sample_molecules
 from . import main
-from .common import (device_option, load_model, model_option, positive_float, positive_int, refuse_same_file,
-                     stop_on_interrupt, threads_option)
+from .common import (decoding_from, decoding_options, device_option, load_model, model_option, positive_int,
+                     refuse_same_file, stop_on_interrupt, threads_option)
 
 
 #: From this many molecules `generate` samples in worker processes by default (each takes ~2 s to start).
@@ -39,9 +40,7 @@ def _output_file(ctx, param, value):
 @model_option
 @click.option("--out", "-o", type=click.Path(dir_okay=False), callback=_output_file,
               help="Write smiles,selfies,valid to .csv (or SMILES only to .smi); default: SMILES on stdout.")
-@click.option("--temperature", "-t", type=float, default=1.0, show_default=True, callback=positive_float,
-              help="Softmax temperature of the decoder.")
-@click.option("--greedy", is_flag=True, help="Take the most likely token at each step (z still random).")
+@decoding_options
 @click.option("--prior", default=None, metavar="NAME",
               help="Where z comes from: 'normal' (N(0, I)) or a prior fitted with `molvae prior` "
                    "(e.g. 'gmm'); default: the model's default prior, named on stderr.")
@@ -60,12 +59,18 @@ def _output_file(ctx, param, value):
 @device_option
 @threads_option
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
-def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_size, unique, novel_vs, properties, grid,
-                 n_jobs, device, progress):
+def generate_cmd(n, model_spec, out, prior, seed, batch_size, unique, novel_vs, properties, grid,
+                 n_jobs, device, progress, **decode_opts):
     """Sample N molecules from the model's prior and decode them to canonical SMILES.
 
     The prior is N(0, I) unless the model carries a fitted one (`molvae prior`) chosen as its
     default; --prior picks one by name, and the one used is named on stderr.
+
+    --decode says how a latent vector becomes a molecule (named on stderr with the prior): sample
+    tokens (--temperature, --top-p), take the most likely (greedy), search --beam-width beams (beam),
+    or sample and redraw molecules whose SELFIES had atoms ignored (clean). Whatever the rule, a
+    molecule with unpaired electrons or a ring over --max-ring-size atoms is redrawn from a new latent
+    vector unless --allow-radicals / --max-ring-size 0 say otherwise.
 
     Molecules are written in batches as they are made (memory stays flat for any N); Ctrl-C
     stops after the current batch, leaving only complete rows.
@@ -76,6 +81,7 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
         raise click.BadParameter(f"grid file {grid} must end in .png or .svg", param_hint="--grid")
     if n_jobs is not None and n_jobs < 0:
         raise click.BadParameter(f"must be >= 0, got {n_jobs}", param_hint="--n-jobs")
+    decoding = decoding_from(decode_opts)
     refuse_same_file(out, novel_vs)
     model = load_model(model_spec, device)
     cap = model.batch_cap()
@@ -85,13 +91,15 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
                    err=True)
         batch_size = cap
     prior_name = model.resolve_prior(prior)
-    click.echo(f"prior: {prior_name} ({model.describe_prior(prior_name)})", err=True)
+    click.echo(f"prior: {prior_name} ({model.describe_prior(prior_name)}); decoding: {decoding.describe()}", err=True)
     exclude = reference_set(novel_vs, keep_largest_fragment=model.keeps_largest_fragment) if novel_vs else None
-    batches = sample_molecules(model, n, temperature=temperature, greedy=greedy, seed=seed, batch_size=batch_size,
-                               prior=prior_name, n_jobs=n_jobs if n_jobs is not None else (0 if n >= PARALLEL_FROM else 1),
-                               unique=unique, exclude=exclude)
+    redrawn: dict[str, int] = {}
+    batches = sample_molecules(model, n, decoding=decoding, seed=seed, batch_size=batch_size, prior=prior_name,
+                               n_jobs=n_jobs if n_jobs is not None else (0 if n >= PARALLEL_FROM else 1),
+                               unique=unique, exclude=exclude, redrawn=redrawn)
     out_path = Path(out) if out else None
     written, draws, interrupted, grid_smiles = _write_batches(batches, n, out_path, properties, bool(grid), progress)
+    _report_redraws(redrawn, draws)
     if interrupted:  # the signal's number: exit 130 after SIGINT, 143 after SIGTERM, as the shell reports them
         where = f"{out_path} holds" if out_path else "wrote"
         click.echo(f"Error: interrupted: {where} {written} complete molecules of the {n} asked for", err=True)
@@ -107,7 +115,21 @@ def generate_cmd(n, model_spec, out, temperature, greedy, prior, seed, batch_siz
     if written < n:
         what = "unique" if exclude is None else "unique novel"
         raise InvalidInputError(f"only {written} {what} molecules after {draws} draws (asked for {n}); "
-                                "try a higher --temperature or a smaller --n")
+                                "try --decode sample with a higher --temperature, or a smaller --n")
+
+
+#: Redrawing more than this share of the samples is worth a line on stderr: the rules cost time and shape the output.
+REDRAW_NOTICE = 0.2
+
+
+def _report_redraws(redrawn: dict[str, int], draws: int) -> None:
+    """Say on stderr how many samples were redrawn and why, when it is a large share of the draws."""
+    total = sum(redrawn.values())
+    if not draws or total / draws <= REDRAW_NOTICE:
+        return
+    why = ", ".join(f"{k} {REDRAW_REASONS[r]}" for r, k in sorted(redrawn.items(), key=lambda kv: -kv[1]) if k)
+    click.echo(f"redrew {total} samples for {draws} molecules ({why}); --allow-radicals and --max-ring-size 0 "
+               "keep such samples", err=True)
 
 
 def _format_rows(rows: list[tuple[str, str, bool]], as_csv: bool, properties: bool) -> str:

@@ -8,33 +8,17 @@ from collections.abc import Callable
 
 import click
 
-from ..config import ConfigError, ModelConfig, TrainConfig, cli_settings, field_kind, load_config_file, shown_default
+from ..config import ConfigError, ModelConfig, TrainConfig, cli_settings, load_config_file
 from ..errors import InvalidInputError
 from . import main
-
-
-def _option_for(table: str, f: dataclasses.Field) -> tuple[str, Callable]:
-    """``(parameter name, click decorator)`` of the option of config field ``f`` (from its metadata)."""
-    cli = f.metadata["cli"]
-    kind, _ = field_kind(f)
-    default = shown_default(f)
-    text = f.metadata["help"] + (f" [{default}]." if default is not None else ".")
-    name = cli.split("/")[0].replace("-", "_")
-    if "/" in cli:
-        on, off = cli.split("/")
-        return name, click.option(f"--{on}/--{off}", name, default=None, help=text)
-    if kind == "bool":
-        return name, click.option(f"--{cli}", name, is_flag=True, default=None, help=text)
-    choices = f.metadata.get("choices")
-    type_ = click.Choice(choices) if choices else {"int": int, "float": float}.get(kind, str)
-    return name, click.option(f"--{cli}", name, type=type_, help=text)
+from .common import setting_option
 
 
 #: CLI parameter name -> (config table, field), built from the config fields' metadata.
 _MAP: dict[str, tuple[str, str]] = {}
 _DECORATORS = []
 for _table, _field in cli_settings():
-    _name, _decorator = _option_for(_table, _field)
+    _name, _decorator = setting_option(_field)
     _MAP[_name] = (_table, _field.name)
     _DECORATORS.append(_decorator)
 
