@@ -36,16 +36,16 @@ import numpy as np
 
 #: name -> molvae.Decoding fields. The reference row is the decoding molvae used before redraws existed.
 STRATEGIES: dict[str, dict[str, Any]] = {
-    "sample T=1, no redraws": {"allow_radicals": True, "max_ring_size": 0},
-    "sample T=1": {},
+    "sample T=1, no redraws": {"temperature": 1.0, "allow_radicals": True, "max_ring_size": 0},
+    "sample T=1": {"temperature": 1.0},
     "sample T=0.85": {"temperature": 0.85},
     "sample T=0.7": {"temperature": 0.7},
-    "top-p 0.9": {"top_p": 0.9},
+    "top-p 0.9": {"temperature": 1.0, "top_p": 0.9},
     "greedy": {"method": "greedy"},
     "beam 2": {"method": "beam", "beam_width": 2},
     "beam 4": {"method": "beam", "beam_width": 4},
     "beam 8": {"method": "beam", "beam_width": 8},
-    "clean": {"method": "clean"},
+    "clean": {"method": "clean", "temperature": 1.0},
 }
 REFERENCE = "sample T=1, no redraws"
 ONE_SEED = ("beam 2", "beam 8")
