@@ -307,9 +307,16 @@ class DecodedMolecule(NamedTuple):
 def decode_selfies(selfies: str | None) -> DecodedMolecule:
     """Decode SELFIES to a :class:`DecodedMolecule` with one RDKit parse. Memoized like
     :func:`selfies_to_canonical`, whose SMILES it gives."""
-    smiles = selfies_to_canonical(selfies)
+    smiles = to_smiles(selfies)
     mol = to_mol(smiles) if smiles else None
     if mol is None:
+        return DecodedMolecule("", False, 0)
+    with quiet_rdkit():
+        try:
+            smiles = Chem.MolToSmiles(mol)  # as canonicalize() writes it
+        except Exception:
+            return DecodedMolecule("", False, 0)
+    if not smiles:
         return DecodedMolecule("", False, 0)
     radical = any(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
     return DecodedMolecule(smiles, radical, largest_ring(mol))
